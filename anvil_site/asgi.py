@@ -1,0 +1,59 @@
+"""Who handles which path (served by Daphne as ``anvil_site.asgi:application``).
+
+* the front door (``/v1/…``, ``/generate``, ``/loglikelihood``) and the probes
+  (``/healthz``, ``/readyz``, ``/metrics``) go straight to their consumers,
+  ahead of Django's URL resolver and middleware: the hot path pays for nothing
+  it does not use;
+* websockets go to Channels consumers behind session authentication;
+* everything else (the console at ``/``, ``/admin/``, ``/api/``, static files)
+  goes to Django.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "anvil_site.settings")
+
+from django.core.asgi import get_asgi_application  # noqa: E402
+
+django_application = get_asgi_application()  # sets Django up before the imports below
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+
+from anvil_site.checks import fail_fast  # noqa: E402
+from anvil_site.dispatch import PathDispatcher  # noqa: E402
+from anvil_site.health import healthz_app, readyz_app  # noqa: E402
+from anvil_site.metrics import MetricsMiddleware, metrics_app  # noqa: E402
+from anvil_site.websockets import websocket_urlpatterns  # noqa: E402
+from inference.consumers.base import UnknownRouteConsumer  # noqa: E402
+from inference.consumers.models import ModelsConsumer  # noqa: E402
+
+fail_fast("Anvil's web process")
+
+front_door_unknown = UnknownRouteConsumer.as_asgi()
+
+http_application = PathDispatcher(
+    exact={
+        "/v1/models": ModelsConsumer.as_asgi(),
+        "/healthz": healthz_app,
+        "/readyz": readyz_app,
+        "/metrics": metrics_app,
+        "/generate": front_door_unknown,
+        "/loglikelihood": front_door_unknown,
+    },
+    prefixes=[("/v1/", front_door_unknown)],
+    fallback=django_application,
+    fallback_groups=("/admin/", "/api/", "/static/", "/console/"),
+)
+
+application = MetricsMiddleware(
+    ProtocolTypeRouter(
+        {
+            "http": http_application,
+            "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        }
+    )
+)

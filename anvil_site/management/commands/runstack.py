@@ -1,0 +1,90 @@
+"""python manage.py runstack: the whole Anvil stack in one terminal (what `make run` runs)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from anvil_site.bootstrap import ensure_admin_user
+from anvil_site.checks import fail_fast
+from anvil_site.environment import describe_database, describe_redis
+from anvil_site.launcher import (
+    LaunchError,
+    Supervisor,
+    beat_spec,
+    embedded_redis_spec,
+    port_is_free,
+    web_spec,
+    worker_spec,
+)
+
+
+class Command(BaseCommand):
+    help = "Migrate, then run Redis (embedded, when REDIS_URL is unset), Daphne, a Celery worker and beat."
+    requires_system_checks: list[str] = []  # fail_fast below runs them, with our wording
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--worker-concurrency", type=int,
+                            default=int(os.environ.get("ANVIL_WORKER_CONCURRENCY", 2)))
+        parser.add_argument("--no-beat", action="store_true", help="Do not start Celery beat.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        fail_fast("Anvil")
+        bind = settings.ANVIL_BIND
+        if not port_is_free(bind.host, bind.port):
+            raise CommandError(f"{bind.host}:{bind.port} is already in use. Stop what listens there, "
+                               "or set ANVIL_BIND to another address, e.g. ANVIL_BIND=127.0.0.1:8001.")
+        supervisor = Supervisor(out=self.stdout._out)
+        supervisor.install_signal_handlers()
+        code = 1
+        try:
+            if settings.REDIS_URL_IS_EMBEDDED:
+                supervisor.start(embedded_redis_spec(settings.EMBEDDED_REDIS_SOCKET, settings.VAR_DIR))
+            supervisor.say("applying migrations")
+            call_command("migrate", interactive=False, verbosity=0)
+            admin = ensure_admin_user()
+            supervisor.start(web_spec(bind.host, bind.port, f"{bind.url}/readyz"))
+            supervisor.start(worker_spec(options["worker_concurrency"]))
+            if not options["no_beat"]:
+                supervisor.start(beat_spec(settings.VAR_DIR))
+            self._banner(supervisor, admin)
+            code = supervisor.wait()
+        except LaunchError as exc:
+            supervisor.say(f"cannot start: {exc}", colour="31")
+        finally:
+            supervisor.stop_all()
+        if code:
+            raise SystemExit(code)
+
+    def _banner(self, supervisor: Supervisor, admin: Any) -> None:
+        bind = settings.ANVIL_BIND
+        lines = [
+            "",
+            f"Anvil is up at {bind.url}/",
+            f"  admin      {bind.url}/admin/  (user: {admin.username})",
+            f"  API        {bind.url}/api/   schema: {bind.url}/api/schema/",
+            f"  front door {bind.url}/v1/    (python manage.py apikey create NAME)",
+            f"  probes     {bind.url}/healthz  {bind.url}/readyz  {bind.url}/metrics",
+            f"  database   {describe_database(settings.DATABASES['default'])}",
+            f"  redis      {describe_redis(settings.REDIS_URL)}"
+            + (" (embedded)" if settings.REDIS_URL_IS_EMBEDDED else ""),
+        ]
+        if admin.generated_password:
+            lines.append(f"  admin password (shown once, not stored): {admin.generated_password}")
+        elif admin.created:
+            lines.append("  admin password: from ANVIL_ADMIN_PASSWORD")
+        if not bind.is_loopback:
+            lines += [
+                "",
+                "!" * 72,
+                f"!! WARNING: listening on {bind.host}:{bind.port}, reachable beyond this machine.",
+                "!! Put Anvil behind TLS, set ALLOWED_HOSTS, and guard the API keys.",
+                "!" * 72,
+            ]
+        lines.append("Press Ctrl-C to stop.")
+        for line in lines:
+            supervisor.say(line)

@@ -1,0 +1,199 @@
+"""Anvil's one settings module: every value comes from the environment.
+
+The defaults are the embedded stack of ``make run``: SQLite and a secret key
+under ``var/``, and an embedded Redis (started by the launcher) on a unix socket
+there. Production sets ``DATABASE_URL``, ``REDIS_URL``, ``DJANGO_SECRET_KEY``,
+``ANVIL_BIND`` and ``ALLOWED_HOSTS``; the code is the same. Malformed values are
+reported by the system checks in ``anvil_site/checks.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from anvil_site import environment as env
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+# --- where Anvil keeps its own files -------------------------------------
+VAR_DIR = env.var_dir("ANVIL_VAR_DIR", BASE_DIR / "var")
+
+SECRET_KEY = env.secret_key("DJANGO_SECRET_KEY", VAR_DIR / "secret_key")
+DEBUG = env.env_bool("DEBUG", False)
+
+ANVIL_BIND = env.bind_address("ANVIL_BIND", "127.0.0.1:8000")
+_default_hosts = ["localhost", "127.0.0.1", "[::1]"]
+if ANVIL_BIND.host not in ("0.0.0.0", "::", *_default_hosts):
+    _default_hosts.append(ANVIL_BIND.host)
+ALLOWED_HOSTS = env.env_list("ALLOWED_HOSTS", _default_hosts)
+CSRF_TRUSTED_ORIGINS = env.env_list("CSRF_TRUSTED_ORIGINS", [])
+
+# --- the database -----------------------------------------------------------
+DATABASE_URL_DEFAULT = f"sqlite:///{VAR_DIR / 'anvil.sqlite3'}"
+DATABASES = {"default": env.database_from_url("DATABASE_URL", DATABASE_URL_DEFAULT)}
+if DATABASES["default"].get("ENGINE", "").endswith("sqlite3"):
+    # pytest-django's test database must be a file, not ":memory:", so that the
+    # real worker processes the tests start can see it.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-anvil.sqlite3")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: Celery broker, results, channel layer, shared routing state ---
+# Unset means the embedded Redis the launcher starts on a unix socket.
+EMBEDDED_REDIS_SOCKET = VAR_DIR / "redis.sock"
+REDIS_URL_IS_EMBEDDED = env.env_str("REDIS_URL", "") == ""
+REDIS_URL = env.redis_url("REDIS_URL", f"unix://{EMBEDDED_REDIS_SOCKET}")
+ANVIL_REDIS_PREFIX = env.env_str("ANVIL_REDIS_PREFIX", "anvil")
+# Network calls to Redis never wait forever.
+ANVIL_REDIS_TIMEOUT = env.env_float("ANVIL_REDIS_TIMEOUT", 2.0, minimum=0.05)
+
+# --- applications -----------------------------------------------------------
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "servestatic.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "channels",
+    "django_celery_beat",
+    "anvil_site",
+    "serves",
+    "routing",
+    "inference",
+    "evals",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "servestatic.middleware.ServeStaticMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "anvil_site.urls"
+ASGI_APPLICATION = "anvil_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "/admin/login/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+# --- static files: ServeStatic serves them with DEBUG off, async under Daphne ---
+# (WhiteNoise's middleware is sync-only: under ASGI every file went through a
+# thread and Django warned about synchronous iterators.)
+STATIC_URL = "/static/"
+STATIC_ROOT = VAR_DIR / "static"  # for deployments that run collectstatic
+# Finders let a fresh checkout serve the admin's CSS without collectstatic.
+SERVESTATIC_USE_FINDERS = True
+SERVESTATIC_AUTOREFRESH = DEBUG
+
+# --- security ---------------------------------------------------------------
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = False  # the console's fetch() calls read it
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+if env.env_bool("ANVIL_BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+
+# --- REST API ---------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 100,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Anvil control-plane API",
+    "DESCRIPTION": "Serves, routing decisions, eval runs and API keys. The inference front door "
+    "(/v1/*) is documented in the README: it speaks the OpenAI and Anthropic protocols.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# --- Celery (read by anvil_site/celery.py with namespace CELERY) -----------
+CELERY_BROKER_URL = env.kombu_url(REDIS_URL)
+CELERY_RESULT_BACKEND = env.kombu_url(REDIS_URL)
+CELERY_TASK_ALWAYS_EAGER = False  # tests and the embedded stack use a real worker
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_EXPIRES = 3600
+CELERY_TASK_TIME_LIMIT = env.env_int("ANVIL_TASK_TIME_LIMIT", 900, minimum=10)
+CELERY_TASK_SOFT_TIME_LIMIT = max(CELERY_TASK_TIME_LIMIT - 30, 5)
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # lifecycle tasks are long; do not hoard them
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_TIMEOUT = 5
+CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 10, "socket_connect_timeout": 5}
+CELERY_REDIS_SOCKET_TIMEOUT = 10
+CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = 5
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_TIMEZONE = TIME_ZONE
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# --- Channels ---------------------------------------------------------------
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{ANVIL_REDIS_PREFIX}:channels"},
+    }
+}
+
+# --- the front door ---------------------------------------------------------
+# How often a web process asks Redis whether API keys changed (seconds).
+ANVIL_KEY_SYNC_INTERVAL = env.env_float("ANVIL_KEY_SYNC_INTERVAL", 1.0, minimum=0.0)
+
+# --- logging: to stderr, one line per record; never request bodies ---------
+LOG_LEVEL = env.env_str("ANVIL_LOG_LEVEL", "INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "line": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+    },
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "line"}},
+    "root": {"handlers": ["stderr"], "level": LOG_LEVEL},
+    "loggers": {
+        "django": {"level": "INFO" if LOG_LEVEL == "DEBUG" else LOG_LEVEL},
+        "daphne": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},  # one INFO line per request is noise
+    },
+}
+
+# The problems found while reading the environment, for anvil_site.checks.
+ANVIL_SETTING_PROBLEMS = env.PROBLEMS

@@ -1,0 +1,14 @@
+"""Websocket routes (operator pages' live updates), behind session authentication.
+
+The console's live views register here as they land (eval progress, serve state).
+"""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from anvil_site.consumers import StackStatusConsumer
+
+websocket_urlpatterns = [
+    path("ws/status/", StackStatusConsumer.as_asgi()),
+]

@@ -1,0 +1,1 @@
+"""Eval suites, runs, results and grades; the profile loop."""

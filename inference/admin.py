@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+
+from inference.keys import assign_new_secret, revoke_key
+from inference.models import ApiKey
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ["name", "prefix", "created_at", "last_used_at", "revoked_at"]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["name", "prefix"]
+    readonly_fields = ["prefix", "created_at", "last_used_at", "revoked_at"]
+    actions = ["revoke_selected"]
+
+    def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
+        if obj is None:
+            return ["name"]
+        return ["name", "prefix", "created_at", "last_used_at", "revoked_at"]
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+        if not change:
+            # Kept on the request only: shown once by response_add, never stored.
+            request._anvil_new_secret = assign_new_secret(obj)  # type: ignore[attr-defined]
+        super().save_model(request, obj, form, change)
+
+    def response_add(self, request: HttpRequest, obj: ApiKey, post_url_continue: str | None = None) -> HttpResponse:
+        secret = getattr(request, "_anvil_new_secret", None)
+        if secret is None:
+            return super().response_add(request, obj, post_url_continue)
+        # Render the secret in this response instead of redirecting with a
+        # message: messages travel in cookies or the session table.
+        context = {**self.admin_site.each_context(request), "key": obj, "secret": secret, "opts": self.opts,
+                   "title": f"API key {obj.name} created"}
+        return TemplateResponse(request, "admin/inference/apikey/created.html", context)
+
+    @admin.action(description="Revoke selected API keys", permissions=["change"])
+    def revoke_selected(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        names = [key.name for key in queryset if key.revoked_at is None]
+        for name in names:
+            revoke_key(name)
+        self.message_user(request, f"Revoked {len(names)} key(s).", messages.SUCCESS)

@@ -1,0 +1,1 @@
+"""Channels consumers of the front door (the hot path, ahead of Django's middleware)."""

@@ -1,0 +1,121 @@
+"""The front door's one error hierarchy, and its one mapping to each client dialect.
+
+Code anywhere on the request path raises a ``FrontDoorError``; the consumer
+base class catches it and calls ``render`` with the dialect of the endpoint the
+client called, so an OpenAI SDK sees ``{"error": {message, type, param, code}}``
+and an Anthropic SDK sees ``{"type": "error", "error": {type, message}}``, each
+with the status code its SDK maps to its own exception class.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+
+
+class Dialect(StrEnum):
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+
+
+class FrontDoorError(Exception):
+    status_code = 500
+    openai_type = "server_error"
+    anthropic_type = "api_error"
+    default_code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code or self.default_code
+        self.headers = headers or []
+
+
+class InvalidRequest(FrontDoorError):
+    status_code = 400
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    default_code = "invalid_request"
+
+
+class AuthenticationFailed(FrontDoorError):
+    status_code = 401
+    openai_type = "invalid_request_error"
+    anthropic_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class NotFound(FrontDoorError):
+    status_code = 404
+    openai_type = "invalid_request_error"
+    anthropic_type = "not_found_error"
+    default_code = "not_found"
+
+
+class MethodNotAllowed(FrontDoorError):
+    status_code = 405
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    default_code = "method_not_allowed"
+
+
+class PayloadTooLarge(FrontDoorError):
+    status_code = 413
+    openai_type = "invalid_request_error"
+    anthropic_type = "request_too_large"
+    default_code = "request_too_large"
+
+
+class RateLimited(FrontDoorError):
+    status_code = 429
+    openai_type = "rate_limit_error"
+    anthropic_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+
+class UpstreamFailed(FrontDoorError):
+    status_code = 502
+    openai_type = "server_error"
+    anthropic_type = "api_error"
+    default_code = "upstream_error"
+
+
+class Unavailable(FrontDoorError):
+    status_code = 503
+    openai_type = "server_error"
+    anthropic_type = "overloaded_error"
+    default_code = "unavailable"
+
+
+class UpstreamTimeout(FrontDoorError):
+    status_code = 504
+    openai_type = "server_error"
+    anthropic_type = "timeout_error"
+    default_code = "upstream_timeout"
+
+
+def error_body(error: FrontDoorError, dialect: Dialect) -> bytes:
+    """The JSON body of ``error`` in ``dialect``'s shape."""
+    if dialect is Dialect.ANTHROPIC:
+        payload: dict[str, object] = {
+            "type": "error",
+            "error": {"type": error.anthropic_type, "message": error.message},
+        }
+    else:
+        payload = {
+            "error": {
+                "message": error.message,
+                "type": error.openai_type,
+                "param": error.param,
+                "code": error.code,
+            }
+        }
+    return json.dumps(payload).encode()

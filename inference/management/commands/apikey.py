@@ -1,0 +1,65 @@
+"""python manage.py apikey create NAME | list | revoke NAME"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils.text import slugify
+
+from inference.keys import ApiKeyError, create_key, revoke_key
+from inference.models import ApiKey
+
+
+class Command(BaseCommand):
+    help = "Create, list and revoke the API keys clients present to the front door."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="action", required=True)
+        create = sub.add_parser("create", help="Mint a key; its secret is printed once, as the last line.")
+        create.add_argument("name")
+        sub.add_parser("list", help="List keys (prefixes only; secrets are never stored).")
+        revoke = sub.add_parser("revoke", help="Revoke a key; it stops working within a second.")
+        revoke.add_argument("name")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        action = options["action"]
+        try:
+            if action == "create":
+                self._create(options["name"])
+            elif action == "list":
+                self._list()
+            else:
+                key = revoke_key(options["name"])
+                self.stdout.write(f"Revoked {key.name} ({key.prefix}…) at {key.revoked_at:%Y-%m-%d %H:%M:%S}Z.")
+        except ApiKeyError as exc:
+            raise CommandError(str(exc)) from None
+
+    def _create(self, name: str) -> None:
+        if slugify(name) != name:
+            raise CommandError(f"Key names are slugs (letters, digits, - and _); try {slugify(name)!r}.")
+        minted = create_key(name)
+        self.stderr.write(
+            f"Created API key {minted.key.name} ({minted.key.prefix}…). "
+            "Copy the secret below now: Anvil keeps only its hash."
+        )
+        self.stdout.write(minted.secret)
+
+    def _list(self) -> None:
+        rows = [("NAME", "PREFIX", "CREATED", "LAST USED", "STATE")]
+        for key in ApiKey.objects.order_by("name"):
+            rows.append(
+                (
+                    key.name,
+                    key.prefix,
+                    f"{key.created_at:%Y-%m-%d %H:%M}",
+                    f"{key.last_used_at:%Y-%m-%d %H:%M}" if key.last_used_at else "never",
+                    "revoked" if key.is_revoked else "active",
+                )
+            )
+        if len(rows) == 1:
+            self.stdout.write("No API keys. Create one with: python manage.py apikey create NAME")
+            return
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            self.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

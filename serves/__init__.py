@@ -1,0 +1,1 @@
+"""Model serves: rows in the database, serves.toml import/export, the docker compose lifecycle."""
