@@ -56,9 +56,8 @@ def _check_migrations() -> str:
 
 
 async def _check_redis() -> str:
-    client = redis.asyncio.from_url(
-        settings.REDIS_URL, socket_timeout=CHECK_TIMEOUT, socket_connect_timeout=CHECK_TIMEOUT
-    )
+    timeout = min(settings.ANVIL_REDIS_TIMEOUT, CHECK_TIMEOUT)
+    client = redis.asyncio.from_url(settings.REDIS_URL, socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
         await client.ping()
     finally:

@@ -45,6 +45,8 @@ REDIS_URL = env.redis_url("REDIS_URL", f"unix://{EMBEDDED_REDIS_SOCKET}")
 ANVIL_REDIS_PREFIX = env.env_str("ANVIL_REDIS_PREFIX", "anvil")
 # Network calls to Redis never wait forever.
 ANVIL_REDIS_TIMEOUT = env.env_float("ANVIL_REDIS_TIMEOUT", 2.0, minimum=0.05)
+# Celery worker processes `runstack` starts.
+ANVIL_WORKER_CONCURRENCY = env.env_int("ANVIL_WORKER_CONCURRENCY", 2, minimum=1)
 
 # --- applications -----------------------------------------------------------
 INSTALLED_APPS = [

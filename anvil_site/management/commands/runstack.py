@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from django.conf import settings
@@ -28,8 +27,7 @@ class Command(BaseCommand):
     requires_system_checks: list[str] = []  # fail_fast below runs them, with our wording
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--worker-concurrency", type=int,
-                            default=int(os.environ.get("ANVIL_WORKER_CONCURRENCY", 2)))
+        parser.add_argument("--worker-concurrency", type=int, default=settings.ANVIL_WORKER_CONCURRENCY)
         parser.add_argument("--no-beat", action="store_true", help="Do not start Celery beat.")
 
     def handle(self, *args: Any, **options: Any) -> None:

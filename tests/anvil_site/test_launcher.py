@@ -1,0 +1,93 @@
+"""`manage.py runstack` (what `make run` runs) starts every child and leaves none behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from django.conf import settings
+
+from inference.keys import create_key
+from tests.support.processes import ROOT, child_env, free_port, manage, stop_group
+from tests.support.waiting import wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+EXPECTED_CHILDREN = {"web", "worker", "beat"} | ({"redis"} if settings.REDIS_URL_IS_EMBEDDED else set())
+
+
+class Stack:
+    def __init__(self, process: subprocess.Popen[bytes], log: Path, url: str) -> None:
+        self.process, self.log, self.url = process, log, url
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def descendants(self) -> list[psutil.Process]:
+        return psutil.Process(self.process.pid).children(recursive=True)
+
+    def child_pid(self, name: str) -> int:
+        for line in self.output().splitlines():
+            if f"started {name} (pid " in line:
+                return int(line.rsplit("(pid ", 1)[1].rstrip(")"))
+        raise AssertionError(f"{name} was not started:\n{self.output()}")
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    port = free_port()
+    env = child_env(ANVIL_BIND=f"127.0.0.1:{port}", ANVIL_VAR_DIR=str(tmp_path / "var"),
+                    ANVIL_ADMIN_PASSWORD="launcher-test-pass", NO_COLOR="1")
+    log = tmp_path / "stack.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(manage("runstack"), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    running = Stack(process, log, f"http://127.0.0.1:{port}")
+    try:
+        wait_for(lambda: process.poll() is None and "Anvil is up at" in running.output(), 120,
+                 "the launcher to report the stack is up")
+        yield running
+    finally:
+        leftovers = running.descendants() if process.poll() is None else []
+        stop_group(process)
+        for child in leftovers:
+            if child.is_running():
+                child.kill()
+
+
+def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
+    return [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_stack_serves_and_stops_every_child_on_sigterm(stack: Stack) -> None:
+    for name in EXPECTED_CHILDREN:
+        assert psutil.pid_exists(stack.child_pid(name)), name
+    assert httpx.get(f"{stack.url}/readyz", timeout=5).status_code == 200
+    minted = create_key("launcher-test")
+    models = httpx.get(f"{stack.url}/v1/models", headers={"Authorization": f"Bearer {minted.secret}"}, timeout=5)
+    assert models.status_code == 200 and models.json()["object"] == "list"
+    admin = httpx.get(f"{stack.url}/admin/login/", timeout=5)
+    assert admin.status_code == 200
+
+    family = stack.descendants()
+    assert len(family) >= len(EXPECTED_CHILDREN)
+    os.kill(stack.process.pid, signal.SIGTERM)
+    assert stack.process.wait(timeout=60) == 0
+    wait_for(lambda: not alive(family), 10, "every child and grandchild to exit")
+    for name in EXPECTED_CHILDREN:
+        assert f"{name} stopped" in stack.output()
+
+
+def test_a_dead_child_is_named_and_the_rest_are_stopped(stack: Stack) -> None:
+    family = stack.descendants()
+    os.kill(stack.child_pid("worker"), signal.SIGKILL)
+    assert stack.process.wait(timeout=60) == 1
+    output = stack.output()
+    assert "worker (pid" in output and "exited with code -9; stopping the rest" in output
+    wait_for(lambda: not alive(family), 10, "every other child to exit")
