@@ -167,6 +167,20 @@ CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = 5
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Synced into django-celery-beat's tables at beat start: editable in the admin.
+CELERY_BEAT_SCHEDULE = {
+    "serves-status-sweep": {
+        "task": "serves.sweep_status",
+        "schedule": env.env_float("ANVIL_STATUS_SWEEP_SECONDS", 60.0, minimum=5.0),
+        "options": {"expires": 55},  # a sweep that could not start in time is skipped, not queued up
+    },
+}
+
+# --- Docker and Compose (the serve lifecycle) -------------------------------
+# Empty: `docker compose` when the plugin works, else the docker-compose beside this Python.
+ANVIL_COMPOSE_COMMAND = env.env_str("ANVIL_COMPOSE_COMMAND", "")
+ANVIL_COMPOSE_TIMEOUT = env.env_float("ANVIL_COMPOSE_TIMEOUT", 900.0, minimum=5.0)
+ANVIL_DOCKER_TIMEOUT = env.env_float("ANVIL_DOCKER_TIMEOUT", 15.0, minimum=1.0)
 
 # --- Channels ---------------------------------------------------------------
 CHANNEL_LAYERS = {
@@ -177,8 +191,10 @@ CHANNEL_LAYERS = {
 }
 
 # --- the front door ---------------------------------------------------------
-# How often a web process asks Redis whether API keys changed (seconds).
+# How often a web process checks whether API keys changed (seconds).
 ANVIL_KEY_SYNC_INTERVAL = env.env_float("ANVIL_KEY_SYNC_INTERVAL", 1.0, minimum=0.0)
+# How often a web process checks whether the serves table changed (seconds).
+ANVIL_SERVE_SYNC_INTERVAL = env.env_float("ANVIL_SERVE_SYNC_INTERVAL", 1.0, minimum=0.0)
 
 # --- logging: to stderr, one line per record; never request bodies ---------
 LOG_LEVEL = env.env_str("ANVIL_LOG_LEVEL", "INFO").upper()

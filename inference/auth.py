@@ -1,11 +1,10 @@
 """Front-door authentication against an in-memory cache of hashed API keys.
 
 The hot path never queries the database per request. Each web process keeps
-the active (unrevoked) keys in memory, keyed by public prefix, and at most once
-per ``ANVIL_KEY_SYNC_INTERVAL`` asks the database for a cheap fingerprint of the
-key table (row count, newest ``updated_at``); when it changed, the cache is
-reloaded. A presented key whose prefix is unknown forces that check at once
-(rate-limited), so a key minted a moment ago by ``manage.py apikey create``
+the active (unrevoked) keys in memory, keyed by public prefix, in a
+``Snapshot`` that checks once per ``ANVIL_KEY_SYNC_INTERVAL`` whether the key
+table changed. A presented key whose prefix is unknown forces that check at
+once (rate-limited), so a key minted a moment ago by ``manage.py apikey create``
 works on its first request, and a revoked key stops working within one interval.
 """
 
@@ -21,8 +20,8 @@ from dataclasses import dataclass
 
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.db.models import Count, Max
 
+from anvil_site.snapshots import Snapshot
 from inference.errors import AuthenticationFailed
 from inference.keys import hash_secret, prefix_of, record_use
 from inference.models import ApiKey
@@ -35,8 +34,6 @@ NO_KEY_MESSAGE = (
 )
 BAD_KEY_MESSAGE = "Incorrect or revoked API key. Check the key, or create one with: python manage.py apikey create NAME"
 
-# A flood of made-up keys must not become a flood of database queries.
-FORCED_SYNC_MIN_INTERVAL = 0.05
 # last_used_at is for humans: minute resolution, written in batches.
 USE_STAMP_INTERVAL = 60.0
 # Compared against when the prefix is unknown, so a miss costs what a hit costs.
@@ -73,27 +70,17 @@ def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     return bearer
 
 
-def _load_active_keys() -> tuple[tuple[int, object], dict[str, _CachedKey]]:
-    fingerprint = _table_fingerprint()
-    keys = {
+def _load_active_keys() -> dict[str, _CachedKey]:
+    return {
         row.prefix: _CachedKey(Principal(row.pk, row.name, row.prefix), row.secret_hash)
         for row in ApiKey.objects.filter(revoked_at__isnull=True).only("pk", "name", "prefix", "secret_hash")
     }
-    return fingerprint, keys
-
-
-def _table_fingerprint() -> tuple[int, object]:
-    agg = ApiKey.objects.aggregate(n=Count("pk"), newest=Max("updated_at"))
-    return agg["n"], agg["newest"]
 
 
 class KeyCache:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._keys: dict[str, _CachedKey] = {}
-        self._fingerprint: tuple[int, object] | None = None
-        self._checked_at = float("-inf")
-        self._forced_at = float("-inf")
+        self._keys = Snapshot(ApiKey, _load_active_keys, lambda: settings.ANVIL_KEY_SYNC_INTERVAL, clock)
         self._stamped: dict[int, float] = {}
         self._pending_stamps: set[int] = set()
         self._background: set[asyncio.Task[None]] = set()
@@ -101,39 +88,20 @@ class KeyCache:
     async def authenticate(self, secret: str | None) -> Principal:
         if not secret:
             raise AuthenticationFailed(NO_KEY_MESSAGE)
-        await self._sync(force=False)
+        keys = await self._keys.get()
         prefix = prefix_of(secret)
-        cached = self._keys.get(prefix) if prefix else None
+        cached = keys.get(prefix) if prefix else None
         if cached is None and prefix is not None:
-            await self._sync(force=True)
-            cached = self._keys.get(prefix)
+            cached = (await self._keys.get(force=True)).get(prefix)
         expected = cached.secret_hash if cached else _DUMMY_HASH
         if not hmac.compare_digest(hash_secret(secret), expected) or cached is None:
             raise AuthenticationFailed(BAD_KEY_MESSAGE)
         self._stamp_use(cached.principal.key_id)
         return cached.principal
 
-    async def _sync(self, *, force: bool) -> None:
-        now = self._clock()
-        if force:
-            if now - self._forced_at < FORCED_SYNC_MIN_INTERVAL:
-                return
-            self._forced_at = now
-        elif now - self._checked_at < settings.ANVIL_KEY_SYNC_INTERVAL:
-            return
-        self._checked_at = now
-        if self._fingerprint is not None:
-            fingerprint = await database_sync_to_async(_table_fingerprint)()
-            if fingerprint == self._fingerprint:
-                return
-        self._fingerprint, self._keys = await database_sync_to_async(_load_active_keys)()
-
     def invalidate(self) -> None:
-        """Forget everything; the next request reloads (used by tests and on settings change)."""
-        self._keys = {}
-        self._fingerprint = None
-        self._checked_at = float("-inf")
-        self._forced_at = float("-inf")
+        """Forget everything; the next request reloads (tests use it between cases)."""
+        self._keys.invalidate()
 
     def _stamp_use(self, key_id: int) -> None:
         now = self._clock()

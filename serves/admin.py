@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponseNotAllowed, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from serves.actions import enqueue
+from serves.models import Health, Serve, ServeEvent
+
+STATE_COLOURS = {"running": "#1f7a3d", "paused": "#b54708", "exited": "#5b6475", "missing": "#5b6475",
+                 "restarting": "#b42318", "dead": "#b42318", "remote": "#3b5bdb"}
+HEALTH_COLOURS = {Health.OK: "#1f7a3d", Health.UNHEALTHY: "#b42318", Health.UNREACHABLE: "#b42318"}
+LIFECYCLE_ACTIONS = ("up", "down", "status")
+
+
+def _badge(text: str, colour: str) -> str:
+    return format_html('<span style="color:#fff;background:{};border-radius:8px;padding:1px 8px">{}</span>',
+                       colour, text)
+
+
+class GroupFilter(admin.SimpleListFilter):
+    title = "group"
+    parameter_name = "group"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        groups = sorted({g for groups in Serve.objects.values_list("groups", flat=True) for g in (groups or [])})
+        return [(g, g) for g in groups]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Serve]) -> QuerySet[Serve]:
+        if not self.value():
+            return queryset
+        # JSON containment is not portable to SQLite; the serves table is small.
+        ids = [serve.pk for serve in queryset if serve.in_group(self.value())]
+        return queryset.filter(pk__in=ids)
+
+
+class ServeEventInline(admin.TabularInline):
+    model = ServeEvent
+    extra = 0
+    max_num = 0
+    can_delete = False
+    fields = ["started_at", "action", "requested_by", "outcome", "state_before", "state_after", "detail"]
+    readonly_fields = fields
+    ordering = ["-started_at"]
+    show_change_link = True
+
+
+@admin.register(Serve)
+class ServeAdmin(admin.ModelAdmin):
+    list_display = ["name", "tier", "engine", "state_badge", "health_badge", "reported_model", "gpu_memory",
+                    "checked_at", "enabled"]
+    list_filter = ["tier", "engine", GroupFilter, "enabled", "state"]
+    search_fields = ["name", "served_model", "container"]
+    actions = ["bring_up", "bring_down", "refresh"]
+    readonly_fields = ["state", "health", "reported_model", "gpu_memory", "state_detail", "checked_at",
+                       "fingerprint_display", "created_at", "updated_at"]
+    inlines = [ServeEventInline]
+    change_form_template = "admin/serves/serve/change_form.html"
+    fieldsets = [
+        (None, {"fields": ["name", "tier", "engine", "dialect", "enabled", "groups"]}),
+        ("Where it answers", {"fields": ["base_url", "port", "served_model", "health_path", "api_key_env"]}),
+        ("Container", {"fields": ["container", "compose_file", "compose_service", "up_command", "trusted_command",
+                                  "gpu", "queue"]}),
+        ("Identity (a change marks measurements stale)", {
+            "fields": ["model_source", "revision", "quantization", "context_limit", "extra_body", "engine_args",
+                       "fingerprint_display"]}),
+        ("Last known state", {"fields": ["state", "health", "reported_model", "gpu_memory", "state_detail",
+                                         "checked_at", "created_at", "updated_at"]}),
+    ]
+
+    @admin.display(description="state", ordering="state")
+    def state_badge(self, serve: Serve) -> str:
+        return _badge(serve.state, STATE_COLOURS.get(serve.state, "#5b6475"))
+
+    @admin.display(description="health", ordering="health")
+    def health_badge(self, serve: Serve) -> str:
+        return _badge(serve.health, HEALTH_COLOURS.get(serve.health, "#5b6475"))
+
+    @admin.display(description="fingerprint")
+    def fingerprint_display(self, serve: Serve) -> str:
+        return serve.fingerprint() if serve.pk else "-"
+
+    def _enqueue(self, request: HttpRequest, action: str, serves: list[Serve]) -> None:
+        enqueue(action, [serve.pk for serve in serves], f"admin:{request.user.get_username()}")
+        names = ", ".join(serve.name for serve in serves)
+        self.message_user(request, f"Queued {action} for {names}. The event history shows the outcome.",
+                          messages.SUCCESS)
+
+    @admin.action(description="Bring selected serves up", permissions=["change"])
+    def bring_up(self, request: HttpRequest, queryset: QuerySet[Serve]) -> None:
+        self._enqueue(request, "up", list(queryset))
+
+    @admin.action(description="Bring selected serves down", permissions=["change"])
+    def bring_down(self, request: HttpRequest, queryset: QuerySet[Serve]) -> None:
+        self._enqueue(request, "down", list(queryset))
+
+    @admin.action(description="Refresh state of selected serves", permissions=["change"])
+    def refresh(self, request: HttpRequest, queryset: QuerySet[Serve]) -> None:
+        self._enqueue(request, "status", list(queryset))
+
+    def get_urls(self) -> list[Any]:
+        own = [path("<int:serve_id>/lifecycle/<str:action>/", self.admin_site.admin_view(self.lifecycle_view),
+                    name="serves_serve_lifecycle")]
+        return own + super().get_urls()
+
+    def lifecycle_view(self, request: HttpRequest, serve_id: int, action: str) -> HttpResponseRedirect:
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])  # type: ignore[return-value]
+        serve = get_object_or_404(Serve, pk=serve_id)
+        if action not in LIFECYCLE_ACTIONS or not self.has_change_permission(request, serve):
+            return HttpResponseRedirect(reverse("admin:serves_serve_change", args=[serve.pk]))
+        self._enqueue(request, action, [serve])
+        return HttpResponseRedirect(reverse("admin:serves_serve_change", args=[serve.pk]))
+
+
+@admin.register(ServeEvent)
+class ServeEventAdmin(admin.ModelAdmin):
+    list_display = ["started_at", "serve", "action", "requested_by", "outcome", "state_before", "state_after"]
+    list_filter = ["action", "outcome", "serve"]
+    readonly_fields = ["serve", "action", "requested_by", "started_at", "finished_at", "outcome", "state_before",
+                       "state_after", "argv", "output_tail", "detail"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False

@@ -1,0 +1,48 @@
+"""The serves as the hot path sees them: frozen views in a snapshot, refreshed when the table changes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from anvil_site.snapshots import Snapshot
+from serves.models import Serve
+
+
+@dataclass(frozen=True)
+class ServeView:
+    """What the front door and the router need of a serve; never a model instance across threads."""
+
+    id: int
+    name: str
+    tier: str
+    engine: str
+    dialect: str
+    base_url: str
+    served_model: str
+    api_key_env: str
+    context_limit: int | None
+    extra_body: dict[str, object]
+    is_local: bool
+    state: str
+    health: str
+    created: int
+
+
+def _view(serve: Serve) -> ServeView:
+    return ServeView(
+        id=serve.pk, name=serve.name, tier=serve.tier, engine=serve.engine, dialect=serve.dialect,
+        base_url=serve.effective_base_url, served_model=serve.served_model, api_key_env=serve.api_key_env,
+        context_limit=serve.context_limit, extra_body=dict(serve.extra_body or {}), is_local=serve.is_local,
+        state=serve.state, health=serve.health, created=int(serve.created_at.timestamp()),
+    )
+
+
+def load_enabled() -> tuple[ServeView, ...]:
+    return tuple(_view(serve) for serve in Serve.objects.filter(enabled=True).order_by("tier", "name"))
+
+
+SERVE_CATALOG: Snapshot[tuple[ServeView, ...]] = Snapshot(
+    Serve, load_enabled, lambda: settings.ANVIL_SERVE_SYNC_INTERVAL
+)

@@ -1,0 +1,273 @@
+"""serves.toml: import (one transaction, idempotent) and export.
+
+The seed's format — ``[[serve]]`` with name, container, port, model, health,
+up, groups; ``{dir}`` is the manifest's folder — plus Anvil's fields under the
+model's names (tier, engine, base_url, dialect, gpu, …). The manifest is the
+whole truth about a serve's configuration: a field it leaves out is reset to
+its default, so export → edit → import never leaves drift behind.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from serves.compose import parse_up_command, up_command_text
+from serves.models import Dialect, Engine, Serve
+
+
+class ManifestError(Exception):
+    """A manifest that cannot be imported; names the entry and the field."""
+
+    def __init__(self, message: str, entry: str | None = None, field: str | None = None) -> None:
+        where = ""
+        if entry is not None:
+            where = f"serve {entry}"
+            if field:
+                where += f", field {field!r}"
+            where += ": "
+        super().__init__(where + message)
+        self.entry, self.field = entry, field
+
+
+# manifest key -> (model field, expected Python type(s))
+SEED_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
+    "name": ("name", (str,)),
+    "container": ("container", (str,)),
+    "port": ("port", (int,)),
+    "model": ("served_model", (str,)),
+    "health": ("health_path", (str,)),
+    "groups": ("groups", (list,)),
+}
+MODEL_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
+    "tier": ("tier", (str,)),
+    "engine": ("engine", (str,)),
+    "dialect": ("dialect", (str,)),
+    "base_url": ("base_url", (str,)),
+    "model_source": ("model_source", (str,)),
+    "gpu": ("gpu", (str, int)),
+    "context_limit": ("context_limit", (int,)),
+    "revision": ("revision", (str,)),
+    "quantization": ("quantization", (str,)),
+    "extra_body": ("extra_body", (dict,)),
+    "engine_args": ("engine_args", (list,)),
+    "api_key_env": ("api_key_env", (str,)),
+    "queue": ("queue", (str,)),
+    "enabled": ("enabled", (bool,)),
+    "trusted_command": ("trusted_command", (bool,)),
+    "compose_file": ("compose_file", (str,)),
+    "compose_service": ("compose_service", (str,)),
+}
+KNOWN_KEYS = {**SEED_KEYS, **MODEL_KEYS, "up": ("", (str,))}
+REQUIRED_KEYS = ("name", "model")
+
+# Every configuration field the manifest owns, with the value a missing key means.
+MANAGED_DEFAULTS: dict[str, Any] = {
+    "tier": "", "engine": Engine.VLLM, "dialect": "", "base_url": "", "port": None, "served_model": "",
+    "model_source": "", "health_path": "/health", "container": "", "compose_file": "", "compose_service": "",
+    "up_command": "", "trusted_command": False, "groups": [], "gpu": "", "context_limit": None, "revision": "",
+    "quantization": "", "extra_body": {}, "engine_args": [], "api_key_env": "", "queue": "", "enabled": True,
+}
+DIALECT_OF_ENGINE = {Engine.ANTHROPIC: Dialect.ANTHROPIC}
+
+
+@dataclass
+class ImportReport:
+    created: list[str] = field(default_factory=list)
+    changed: dict[str, list[str]] = field(default_factory=dict)
+    unchanged: list[str] = field(default_factory=list)
+    not_in_manifest: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"created   {name}" for name in self.created]
+        out += [f"changed   {name}: {', '.join(fields)}" for name, fields in self.changed.items()]
+        out += [f"unchanged {name}" for name in self.unchanged]
+        out += [f"left      {name} (in the database, not in the manifest)" for name in self.not_in_manifest]
+        total = f"{len(self.created)} created, {len(self.changed)} changed, {len(self.unchanged)} unchanged"
+        return out + [total]
+
+
+def parse_manifest(text: str, manifest_dir: Path) -> list[dict[str, Any]]:
+    """Rows (model field -> value) for every ``[[serve]]``; raises ManifestError naming entry and field."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(f"not valid TOML: {exc}") from None
+    unknown_top = set(document) - {"serve"}
+    if unknown_top:
+        raise ManifestError(f"unknown top-level key(s) {sorted(unknown_top)}; serves are [[serve]] tables")
+    entries = document.get("serve", [])
+    if not isinstance(entries, list):
+        raise ManifestError("'serve' must be an array of tables: write [[serve]]")
+    rows: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(entries, start=1):
+        label = f"#{index}" + (f" ({entry['name']!r})" if isinstance(entry.get("name"), str) else "")
+        row = _parse_entry(entry, label, manifest_dir)
+        if row["name"] in seen:
+            raise ManifestError(f"duplicate name, first used by serve #{seen[row['name']]}", label, "name")
+        seen[row["name"]] = index
+        rows.append(row)
+    return rows
+
+
+def _parse_entry(entry: dict[str, Any], label: str, manifest_dir: Path) -> dict[str, Any]:
+    for key in entry:
+        if key not in KNOWN_KEYS:
+            known = ", ".join(sorted(KNOWN_KEYS))
+            raise ManifestError(f"unknown key (known keys: {known})", label, key)
+    for key in REQUIRED_KEYS:
+        if key not in entry:
+            raise ManifestError("missing (every serve needs name and model)", label, key)
+    row = dict(MANAGED_DEFAULTS)
+    for key, value in entry.items():
+        if key == "up":
+            continue
+        field_name, types = KNOWN_KEYS[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            expected = " or ".join(t.__name__ for t in types)
+            raise ManifestError(f"expected {expected}, got {type(value).__name__}", label, key)
+        if key in ("groups", "engine_args") and not all(isinstance(item, str) for item in value):
+            raise ManifestError("expected a list of strings", label, key)
+        row[field_name] = str(value) if key == "gpu" else value
+    for key in ("compose_file",):
+        if row[key]:
+            row[key] = _expand_dir(row[key], manifest_dir)
+    if "up" in entry:
+        _apply_up(row, _expand_dir(entry["up"], manifest_dir), label)
+    if not row["tier"]:
+        row["tier"] = row["name"]  # the seed's serves are named after their tier (fast, heavy)
+    if not row["dialect"]:
+        row["dialect"] = DIALECT_OF_ENGINE.get(row["engine"], Dialect.OPENAI)
+    return row
+
+
+def _expand_dir(value: str, manifest_dir: Path) -> str:
+    return value.replace("{dir}", str(manifest_dir))
+
+
+def _apply_up(row: dict[str, Any], command: str, label: str) -> None:
+    parsed = parse_up_command(command)
+    if parsed is not None:
+        if row["compose_file"] and row["compose_file"] != parsed.file:
+            raise ManifestError("names another compose file than compose_file", label, "up")
+        row["compose_file"], row["compose_service"] = parsed.file, parsed.service
+        return
+    if not row["trusted_command"]:
+        raise ManifestError(
+            "is not `docker compose -f FILE up -d SERVICE`; an arbitrary start command runs only when the serve "
+            "is marked trusted_command = true",
+            label,
+            "up",
+        )
+    row["up_command"] = command
+
+
+@transaction.atomic
+def import_rows(rows: list[dict[str, Any]]) -> ImportReport:
+    """Create or update one Serve per row, all or nothing."""
+    report = ImportReport()
+    names = [row["name"] for row in rows]
+    existing = {serve.name: serve for serve in Serve.objects.select_for_update().filter(name__in=names)}
+    for row in rows:
+        serve = existing.get(row["name"]) or Serve(name=row["name"])
+        changed = [name for name, value in row.items() if getattr(serve, name) != value]
+        for name, value in row.items():
+            setattr(serve, name, value)
+        try:
+            serve.full_clean(exclude=["busy_token", "busy_since", "busy_action"])
+        except ValidationError as exc:
+            field_name, messages = next(iter(exc.message_dict.items()))
+            raise ManifestError("; ".join(messages), repr(row["name"]), _manifest_key(field_name)) from None
+        if serve.pk is None:
+            serve.save()
+            report.created.append(serve.name)
+        elif changed:
+            serve.save()
+            report.changed[serve.name] = [_manifest_key(name) for name in changed]
+        else:
+            report.unchanged.append(serve.name)
+    report.not_in_manifest = list(Serve.objects.exclude(name__in=names).values_list("name", flat=True))
+    return report
+
+
+def import_manifest(path: Path) -> ImportReport:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ManifestError(f"cannot read {path}: {exc.strerror}") from None
+    return import_rows(parse_manifest(text, path.resolve().parent))
+
+
+def _manifest_key(field_name: str) -> str:
+    for key, (name, _types) in KNOWN_KEYS.items():
+        if name == field_name:
+            return key
+    return field_name
+
+
+# --- export --------------------------------------------------------------------
+
+EXPORT_ORDER = ["name", "tier", "engine", "dialect", "container", "port", "base_url", "model", "model_source",
+                "health", "up", "groups", "gpu", "context_limit", "revision", "quantization", "extra_body",
+                "engine_args", "api_key_env", "queue", "enabled", "trusted_command"]
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def export_manifest(serves: list[Serve], manifest_dir: Path | None = None) -> str:
+    """serves.toml text for ``serves``; paths under ``manifest_dir`` are written with ``{dir}``."""
+    blocks = ["# Anvil serves manifest: `python manage.py serves import FILE` reads it back.\n"]
+    for serve in serves:
+        values: dict[str, Any] = {}
+        for key in EXPORT_ORDER:
+            value = _export_value(serve, key, manifest_dir)
+            if value is None:
+                continue
+            values[key] = value
+        lines = ["[[serve]]"] + [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+        blocks.append("\n".join(lines) + "\n")
+    return "\n".join(blocks)
+
+
+def _export_value(serve: Serve, key: str, manifest_dir: Path | None) -> Any:
+    if key == "up":
+        text = up_command_text(serve)
+        if manifest_dir is not None and text:
+            text = text.replace(str(manifest_dir), "{dir}")
+        return text or None
+    field_name = KNOWN_KEYS[key][0]
+    value = getattr(serve, field_name)
+    if key in ("name", "model", "tier"):
+        return value
+    if key == "dialect" and value == DIALECT_OF_ENGINE.get(serve.engine, Dialect.OPENAI):
+        return None
+    if value == MANAGED_DEFAULTS[field_name] and key != "engine":
+        return None
+    return value
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        items = []
+        for key, item in value.items():
+            name = key if _BARE_KEY.match(key) else json.dumps(key)
+            items.append(f"{name} = {_toml_value(item)}")
+        return "{ " + ", ".join(items) + " }" if items else "{}"
+    if value is None:
+        raise ValueError("TOML has no null: remove the key or give it a value")
+    raise ValueError(f"cannot write {type(value).__name__} as TOML")

@@ -1,0 +1,196 @@
+from __future__ import annotations
+
+import hashlib
+import json
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils import timezone
+
+
+class Engine(models.TextChoices):
+    VLLM = "vllm", "vLLM"
+    SGLANG = "sglang", "SGLang"
+    OPENAI = "openai", "OpenAI-compatible upstream"
+    ANTHROPIC = "anthropic", "Anthropic API"
+    HRM = "hrm", "HRM (in-worker engine)"
+
+
+class Dialect(models.TextChoices):
+    OPENAI = "openai", "OpenAI"
+    ANTHROPIC = "anthropic", "Anthropic"
+
+
+class DockerState(models.TextChoices):
+    RUNNING = "running"
+    EXITED = "exited"
+    CREATED = "created"
+    PAUSED = "paused"
+    RESTARTING = "restarting"
+    DEAD = "dead"
+    REMOVING = "removing"
+    MISSING = "missing"
+    REMOTE = "remote", "remote (not run by Anvil)"
+    UNKNOWN = "unknown"
+
+
+class Health(models.TextChoices):
+    OK = "ok"
+    UNHEALTHY = "unhealthy"
+    UNREACHABLE = "unreachable"
+    UNKNOWN = "unknown"
+
+
+# The fields that say which model answers and how: a change to any of them
+# means earlier measurements of this serve no longer describe it.
+IDENTITY_FIELDS = ("engine", "served_model", "model_source", "revision", "quantization", "extra_body", "context_limit")
+
+
+class Serve(models.Model):
+    """One model server Anvil routes to: a container it runs, or an upstream it only relays to."""
+
+    name = models.SlugField(max_length=64, unique=True)
+    tier = models.SlugField(max_length=32, help_text="Cost class the router orders by, e.g. fast, heavy, cloud.")
+    engine = models.CharField(max_length=16, choices=Engine.choices, default=Engine.VLLM)
+    dialect = models.CharField(max_length=16, choices=Dialect.choices, default=Dialect.OPENAI,
+                               help_text="The protocol the upstream speaks.")
+    base_url = models.URLField(max_length=300, blank=True,
+                               help_text="Where the API lives, e.g. http://127.0.0.1:30001/v1. "
+                               "Blank for a local container: http://127.0.0.1:{port}/v1.")
+    port = models.PositiveIntegerField(null=True, blank=True)
+    served_model = models.CharField(max_length=200, help_text="The model id the upstream answers to (manifest: model).")
+    model_source = models.CharField(max_length=300, blank=True,
+                                    help_text="What the engine loads (hub id or path); blank means served_model.")
+    health_path = models.CharField(max_length=200, default="/health",
+                                   help_text="Probed at the server root (not under /v1).")
+    container = models.CharField(max_length=128, blank=True,
+                                 help_text="Docker container name; blank for an upstream Anvil does not run.")
+    compose_file = models.CharField(max_length=500, blank=True)
+    compose_service = models.CharField(max_length=128, blank=True)
+    up_command = models.CharField(max_length=1000, blank=True,
+                                  help_text="A start command that is not docker compose up: runs only when trusted.")
+    trusted_command = models.BooleanField(default=False,
+                                          help_text="Allow up_command to run although it is not docker compose up.")
+    groups = models.JSONField(default=list, blank=True, help_text='Names to act on together, e.g. ["gpu0", "coding"].')
+    gpu = models.CharField(max_length=64, blank=True, help_text="GPU UUID (preferred) or index.")
+    context_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Max context tokens.")
+    revision = models.CharField(max_length=100, blank=True)
+    quantization = models.CharField(max_length=50, blank=True)
+    extra_body = models.JSONField(default=dict, blank=True, help_text="Merged into every request body upstream.")
+    engine_args = models.JSONField(default=list, blank=True, help_text="Extra engine CLI arguments (compose render).")
+    api_key_env = models.CharField(max_length=100, blank=True,
+                                   help_text="Name of the env variable holding the upstream key (never the key).")
+    queue = models.CharField(max_length=100, blank=True,
+                             help_text="Celery queue of the worker on this serve's Docker host; blank: the default.")
+    enabled = models.BooleanField(default=True)
+
+    # Last known state, kept fresh by the status sweep.
+    state = models.CharField(max_length=16, choices=DockerState.choices, default=DockerState.UNKNOWN)
+    health = models.CharField(max_length=16, choices=Health.choices, default=Health.UNKNOWN)
+    reported_model = models.CharField(max_length=200, blank=True)
+    gpu_memory = models.CharField(max_length=100, blank=True, default="unknown")
+    state_detail = models.CharField(max_length=500, blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True)
+
+    # One lifecycle operation at a time (claimed by a conditional UPDATE).
+    busy_token = models.CharField(max_length=64, blank=True, editable=False)
+    busy_since = models.DateTimeField(null=True, blank=True, editable=False)
+    busy_action = models.CharField(max_length=16, blank=True, editable=False)
+
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["tier", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    # --- rules about one row ----------------------------------------------
+    @property
+    def is_local(self) -> bool:
+        """Anvil runs this serve's container (as opposed to only relaying to it)."""
+        return bool(self.container)
+
+    @property
+    def uses_compose(self) -> bool:
+        return bool(self.compose_file and self.compose_service)
+
+    @property
+    def effective_base_url(self) -> str:
+        if self.base_url:
+            return self.base_url.rstrip("/")
+        if self.port:
+            return f"http://127.0.0.1:{self.port}/v1"
+        return ""
+
+    @property
+    def server_root(self) -> str:
+        """The base URL without its API version path: where /health lives."""
+        url = self.effective_base_url
+        for suffix in ("/v1",):
+            if url.endswith(suffix):
+                return url[: -len(suffix)]
+        return url
+
+    def identity(self) -> dict[str, object]:
+        return {field: getattr(self, field) for field in IDENTITY_FIELDS}
+
+    def fingerprint(self) -> str:
+        canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def in_group(self, group: str) -> bool:
+        return group in (self.groups or [])
+
+    def clean(self) -> None:
+        errors: dict[str, str] = {}
+        if not self.container and not self.base_url:
+            errors["base_url"] = "An upstream Anvil does not run needs a base_url (or give a container and port)."
+        if self.container and not (self.port or self.base_url):
+            errors["port"] = "A local container needs a port (or a base_url)."
+        if bool(self.compose_file) != bool(self.compose_service):
+            errors["compose_service"] = "compose_file and compose_service go together."
+        if self.container and not self.uses_compose and not self.up_command:
+            errors["compose_file"] = "A local container needs a compose file and service (or a trusted up_command)."
+        if not isinstance(self.groups, list) or not all(isinstance(g, str) for g in self.groups):
+            errors["groups"] = "groups is a list of names."
+        if not isinstance(self.extra_body, dict):
+            errors["extra_body"] = "extra_body is a JSON object."
+        if not isinstance(self.engine_args, list) or not all(isinstance(a, str) for a in self.engine_args):
+            errors["engine_args"] = "engine_args is a list of strings."
+        if self.api_key_env and not self.api_key_env.replace("_", "").isalnum():
+            errors["api_key_env"] = "The name of an environment variable (letters, digits, underscores), not a key."
+        if errors:
+            raise ValidationError(errors)
+
+
+class ServeEvent(models.Model):
+    """What a lifecycle operation did to a serve: one row per up, down or status."""
+
+    class Outcome(models.TextChoices):
+        OK = "ok"
+        FAILED = "failed"
+        REFUSED = "refused", "refused (left for the operator)"
+        BUSY = "busy", "skipped (another operation held the serve)"
+        NOTHING = "nothing", "nothing to do"
+        DRY_RUN = "dry-run"
+
+    serve = models.ForeignKey(Serve, on_delete=models.CASCADE, related_name="events")
+    action = models.CharField(max_length=16)
+    requested_by = models.CharField(max_length=150)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    state_before = models.CharField(max_length=16, blank=True)
+    state_after = models.CharField(max_length=16, blank=True)
+    argv = models.JSONField(default=list, blank=True)
+    output_tail = models.TextField(blank=True)
+    detail = models.CharField(max_length=1000, blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-pk"]
+        indexes = [models.Index(fields=["serve", "-started_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.serve_id}: {self.outcome}"

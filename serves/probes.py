@@ -1,0 +1,82 @@
+"""What a serve says about itself: health, the model id it reports, GPU memory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+import httpx
+
+from serves.models import Engine, Health, Serve
+
+PROBE_TIMEOUT = httpx.Timeout(3.0, connect=2.0)
+NVIDIA_SMI_TIMEOUT = 10
+ANTHROPIC_VERSION = "2023-06-01"
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    health: Health
+    model_ids: tuple[str, ...] = ()
+    detail: str = ""
+
+
+def _auth_headers(serve: Serve) -> dict[str, str]:
+    # The key is read from the environment at the moment of the call: it is
+    # never stored in the database, never logged.
+    key = os.environ.get(serve.api_key_env, "") if serve.api_key_env else ""
+    if serve.engine == Engine.ANTHROPIC:
+        headers = {"anthropic-version": ANTHROPIC_VERSION}
+        if key:
+            headers["x-api-key"] = key
+        return headers
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def probe(serve: Serve) -> ProbeResult:
+    """Health (GET server root + health_path) and model ids (GET base_url/models)."""
+    base = serve.effective_base_url
+    if not base:
+        return ProbeResult(Health.UNKNOWN, detail="no base_url or port")
+    headers = _auth_headers(serve)
+    with httpx.Client(timeout=PROBE_TIMEOUT, headers=headers) as client:
+        health, detail = Health.UNKNOWN, ""
+        if serve.is_local and serve.health_path:
+            try:
+                answer = client.get(serve.server_root + serve.health_path)
+                health = Health.OK if answer.status_code == 200 else Health.UNHEALTHY
+                if health != Health.OK:
+                    detail = f"{serve.health_path} answered {answer.status_code}"
+            except httpx.HTTPError as exc:
+                return ProbeResult(Health.UNREACHABLE, detail=f"{serve.health_path}: {type(exc).__name__}: {exc}")
+        try:
+            answer = client.get(base + "/models")
+            answer.raise_for_status()
+            ids = tuple(str(item.get("id", "")) for item in answer.json().get("data", []) if isinstance(item, dict))
+        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            if health == Health.UNKNOWN:  # remote: /models is the only probe there is
+                return ProbeResult(Health.UNREACHABLE, detail=f"/models: {type(exc).__name__}: {exc}")
+            return ProbeResult(health, detail=detail or f"/models: {type(exc).__name__}")
+        if health == Health.UNKNOWN:
+            health = Health.OK
+        return ProbeResult(health, ids, detail)
+
+
+def gpu_memory(gpu: str) -> str:
+    """'used/total MiB' of the serve's GPU from nvidia-smi, or 'unknown' (no GPU, no nvidia-smi, no answer)."""
+    if not gpu or shutil.which("nvidia-smi") is None:
+        return "unknown"
+    argv = ["nvidia-smi", "--query-gpu=index,uuid,memory.used,memory.total", "--format=csv,noheader,nounits"]
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if result.returncode != 0:
+        return "unknown"
+    for line in result.stdout.splitlines():
+        parts = [part.strip() for part in line.split(",")]
+        if len(parts) == 4 and gpu in (parts[0], parts[1]):
+            return f"{parts[2]}/{parts[3]} MiB"
+    return "unknown"
