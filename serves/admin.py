@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.db import models
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -61,6 +62,8 @@ class ServeAdmin(admin.ModelAdmin):
                        "fingerprint_display", "created_at", "updated_at"]
     inlines = [ServeEventInline]
     change_form_template = "admin/serves/serve/change_form.html"
+    # Local serves speak plain http on loopback; don't guess https for a bare host.
+    formfield_overrides = {models.URLField: {"assume_scheme": "http"}}
     fieldsets = [
         (None, {"fields": ["name", "tier", "engine", "dialect", "enabled", "groups"]}),
         ("Where it answers", {"fields": ["base_url", "port", "served_model", "health_path", "api_key_env"]}),

@@ -6,14 +6,17 @@ import pytest
 
 from inference.auth import KEY_CACHE
 from inference.keys import create_key, revoke_key
+from serves.catalog import SERVE_CATALOG
+from serves.models import Serve
 from tests.support.asgi import call
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
-def fresh_key_cache() -> None:
+def fresh_caches() -> None:
     KEY_CACHE.invalidate()
+    SERVE_CATALOG.invalidate()
 
 
 def assert_openai_error(answer: object, status: int) -> dict[str, object]:
@@ -37,7 +40,7 @@ def test_a_bearer_key_lists_the_enabled_serves() -> None:
     minted = create_key("sdk")
     answer = call("GET", "/v1/models", headers={"Authorization": f"Bearer {minted.secret}"})
     assert answer.status == 200
-    assert answer.json() == {"object": "list", "data": []}
+    assert answer.json() == {"object": "list", "data": []}  # no serves yet
     assert answer.headers["content-length"] == str(len(answer.body))
 
 
@@ -74,3 +77,15 @@ def test_unknown_front_door_paths_are_404_in_their_dialect() -> None:
     assert answer.status == 404
     assert answer.json()["type"] == "error"
     assert answer.json()["error"]["type"] == "not_found_error"
+
+
+def test_models_lists_the_enabled_serves_and_notices_new_ones(settings: object) -> None:
+    settings.ANVIL_SERVE_SYNC_INTERVAL = 0  # type: ignore[attr-defined]
+    headers = {"x-api-key": create_key("lister").secret}
+    Serve.objects.create(name="fast", tier="fast", base_url="http://127.0.0.1:1/v1", served_model="gpt-oss-20b")
+    Serve.objects.create(name="off", tier="fast", base_url="http://127.0.0.1:2/v1", served_model="x", enabled=False)
+    listed = call("GET", "/v1/models", headers=headers).json()["data"]
+    assert [model["id"] for model in listed] == ["fast"]
+    assert listed[0]["object"] == "model" and listed[0]["anvil"]["served_model"] == "gpt-oss-20b"
+    Serve.objects.create(name="heavy", tier="heavy", base_url="http://127.0.0.1:3/v1", served_model="q")
+    assert [m["id"] for m in call("GET", "/v1/models", headers=headers).json()["data"]] == ["fast", "heavy"]
