@@ -31,7 +31,7 @@ class OperationResult:
     action: str
     outcome: str
     detail: str
-    argv: list[str]
+    commands: list[list[str]]
     state_before: str = ""
     state_after: str = ""
     output_tail: str = ""
@@ -71,7 +71,7 @@ def plan_for(serve: Serve, action: str) -> tuple[Plan, DockerState, str]:
         # Docker cannot be asked: show what a running engine would be told.
         assumed = DockerState.MISSING if action == "up" else DockerState.RUNNING
         plan = planner(serve, assumed)
-        return Plan(plan.kind, f"docker state unknown ({problem}); {plan.explanation}", plan.argv), state, problem
+        return Plan(plan.kind, f"docker state unknown ({problem}); {plan.explanation}", plan.commands), state, problem
     return planner(serve, state), state, problem
 
 
@@ -82,7 +82,8 @@ def do_lifecycle(serve_id: int, action: str, requested_by: str, *, dry_run: bool
     serve = Serve.objects.get(pk=serve_id)
     if dry_run:
         plan, state, _problem = plan_for(serve, action)
-        return OperationResult(serve.name, action, Outcome.DRY_RUN, plan.explanation, plan.argv, state_before=state)
+        return OperationResult(serve.name, action, Outcome.DRY_RUN, plan.explanation, plan.commands,
+                               state_before=state)
     token = claim(serve_id, action)
     if token is None:
         held = Serve.objects.values_list("busy_action", flat=True).get(pk=serve_id)
@@ -104,8 +105,8 @@ def do_lifecycle(serve_id: int, action: str, requested_by: str, *, dry_run: bool
             outcome, detail = Outcome.OK, plan.explanation
         else:
             code = "timed out" if result.returncode is None else f"exit {result.returncode}"
-            outcome, detail = Outcome.FAILED, f"{plan.argv[0]} failed ({code}): {_last_line(result.output_tail)}"
-        return _record(serve, action, requested_by, started, outcome, detail, plan.argv, state, after,
+            outcome, detail = Outcome.FAILED, f"{plan.command_line} failed ({code}): {_last_line(result.output_tail)}"
+        return _record(serve, action, requested_by, started, outcome, detail, plan.commands, state, after,
                        result.output_tail)
     finally:
         release(serve_id, token)
@@ -154,13 +155,13 @@ def _last_line(text: str) -> str:
 
 
 def _record(serve: Serve, action: str, requested_by: str, started: object, outcome: str, detail: str,
-            argv: list[str], before: str, after: str, output_tail: str = "") -> OperationResult:
+            commands: list[list[str]], before: str, after: str, output_tail: str = "") -> OperationResult:
     event = ServeEvent.objects.create(
         serve=serve, action=action, requested_by=requested_by[:150], started_at=started, finished_at=timezone.now(),
-        outcome=outcome, state_before=before, state_after=after, argv=argv, output_tail=output_tail,
+        outcome=outcome, state_before=before, state_after=after, commands=commands, output_tail=output_tail,
         detail=detail[:1000],
     )
-    return OperationResult(serve.name, action, outcome, detail, argv, before, after, output_tail, event.pk)
+    return OperationResult(serve.name, action, outcome, detail, commands, before, after, output_tail, event.pk)
 
 
 def enqueue(action: str, serve_ids: list[int], requested_by: str) -> None:

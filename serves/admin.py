@@ -126,7 +126,7 @@ class ServeEventAdmin(admin.ModelAdmin):
     list_display = ["started_at", "serve", "action", "requested_by", "outcome", "state_before", "state_after"]
     list_filter = ["action", "outcome", "serve"]
     readonly_fields = ["serve", "action", "requested_by", "started_at", "finished_at", "outcome", "state_before",
-                       "state_after", "argv", "output_tail", "detail"]
+                       "state_after", "commands", "output_tail", "detail"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

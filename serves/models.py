@@ -184,7 +184,7 @@ class ServeEvent(models.Model):
     outcome = models.CharField(max_length=16, choices=Outcome.choices)
     state_before = models.CharField(max_length=16, blank=True)
     state_after = models.CharField(max_length=16, blank=True)
-    argv = models.JSONField(default=list, blank=True)
+    commands = models.JSONField(default=list, blank=True, help_text="The argv lists that ran, in order.")
     output_tail = models.TextField(blank=True)
     detail = models.CharField(max_length=1000, blank=True)
 

@@ -35,12 +35,12 @@ def test_up_creates_a_missing_container_and_status_reads_health_and_model(docker
     result = do_lifecycle(serve.pk, "up", "test")
     assert result.outcome == "ok", result.output_tail
     assert result.state_before == "missing" and result.state_after == "running"
-    assert result.argv[-4:] == ["-f", str(project.file), "up", "-d", project.service][-4:]
+    assert result.commands[0][-5:] == ["-f", str(project.file), "up", "-d", project.service]
     wait_healthy(serve)
     assert serve.reported_model == project.model
     assert serve.gpu_memory == "unknown"  # no nvidia-smi here: degrade, don't crash
     event = ServeEvent.objects.get(pk=result.event_id)
-    assert event.action == "up" and event.argv == result.argv and event.finished_at is not None
+    assert event.action == "up" and event.commands == result.commands and event.finished_at is not None
 
 
 def test_up_starts_an_exited_container_without_recreating_it(docker_engine, compose_serve) -> None:
@@ -59,7 +59,7 @@ def test_up_unpauses_a_paused_container_keeping_its_id(docker_engine, compose_se
     running = container(docker_engine, project.container)
     running.pause()
     result = do_lifecycle(serve.pk, "up", "test")
-    assert result.outcome == "ok" and result.argv == ["docker", "unpause", project.container]
+    assert result.outcome == "ok" and result.commands == [["docker", "unpause", project.container]]
     after = container(docker_engine, project.container)
     assert after.id == running.id and after.status == "running"
 
@@ -104,7 +104,7 @@ def test_a_restarting_container_is_left_alone_with_an_explanation(docker_engine,
 
     wait_for(refused_while_restarting, 30, "an up that observes the restarting state")
     result = seen[-1]
-    assert result.outcome == "refused" and result.argv == []
+    assert result.outcome == "refused" and result.commands == []
     assert "restarting" in result.detail and "left for the operator" in result.detail
     assert container(docker_engine, project.container).id == first_id
     down = do_lifecycle(serve.pk, "down", "test")  # restarting holds the GPU: down stops it
@@ -114,7 +114,7 @@ def test_a_restarting_container_is_left_alone_with_an_explanation(docker_engine,
 def test_dry_run_starts_nothing_and_records_nothing(docker_engine, compose_serve) -> None:
     serve, project = compose_serve()
     result = do_lifecycle(serve.pk, "up", "test", dry_run=True)
-    assert result.outcome == "dry-run" and "up" in result.argv and str(project.file) in result.argv
+    assert result.outcome == "dry-run" and "up" in result.commands[0] and str(project.file) in result.commands[0]
     with pytest.raises(docker.errors.NotFound):
         docker_engine.containers.get(project.container)
     assert not ServeEvent.objects.exists()

@@ -18,21 +18,21 @@ COMPOSE_UP = [*compose_command(), "-f", "/srv/compose.yml", "up", "-d", "fast"]
 
 
 @pytest.mark.parametrize(
-    ("state", "kind", "argv"),
+    ("state", "kind", "commands"),
     [
-        (DockerState.MISSING, PlanKind.RUN, COMPOSE_UP),
-        (DockerState.EXITED, PlanKind.RUN, COMPOSE_UP),
-        (DockerState.CREATED, PlanKind.RUN, COMPOSE_UP),
-        (DockerState.RUNNING, PlanKind.RUN, COMPOSE_UP),  # drift-safe: compose decides to keep or recreate
-        (DockerState.PAUSED, PlanKind.RUN, ["docker", "unpause", "vllm-fast"]),
+        (DockerState.MISSING, PlanKind.RUN, [COMPOSE_UP]),
+        (DockerState.EXITED, PlanKind.RUN, [COMPOSE_UP]),
+        (DockerState.CREATED, PlanKind.RUN, [COMPOSE_UP]),
+        (DockerState.RUNNING, PlanKind.RUN, [COMPOSE_UP]),  # drift-safe: compose decides to keep or recreate
+        (DockerState.PAUSED, PlanKind.RUN, [["docker", "unpause", "vllm-fast"]]),
         (DockerState.DEAD, PlanKind.REFUSE, []),
         (DockerState.RESTARTING, PlanKind.REFUSE, []),
         (DockerState.REMOVING, PlanKind.REFUSE, []),
     ],
 )
-def test_up_by_state(state: DockerState, kind: PlanKind, argv: list[str]) -> None:
+def test_up_by_state(state: DockerState, kind: PlanKind, commands: list[list[str]]) -> None:
     plan = plan_up(compose_serve(), state)
-    assert (plan.kind, plan.argv) == (kind, argv)
+    assert (plan.kind, plan.commands) == (kind, commands)
     assert plan.explanation
 
 
@@ -44,7 +44,13 @@ def test_a_dead_container_is_left_for_the_operator_with_a_reason() -> None:
 @pytest.mark.parametrize("state", [DockerState.RUNNING, DockerState.PAUSED, DockerState.RESTARTING])
 def test_down_stops_every_state_that_holds_the_gpu(state: DockerState) -> None:
     plan = plan_down(compose_serve(), state)
-    assert plan.kind is PlanKind.RUN and plan.argv[:2] == ["docker", "stop"] and plan.argv[-1] == "vllm-fast"
+    stop = plan.commands[-1]
+    assert plan.kind is PlanKind.RUN and stop[:2] == ["docker", "stop"] and stop[-1] == "vllm-fast"
+
+
+def test_a_paused_container_is_unpaused_before_it_is_stopped() -> None:
+    plan = plan_down(compose_serve(), DockerState.PAUSED)
+    assert [argv[1] for argv in plan.commands] == ["unpause", "stop"]
 
 
 @pytest.mark.parametrize("state", [DockerState.EXITED, DockerState.CREATED, DockerState.MISSING, DockerState.DEAD])
@@ -62,8 +68,8 @@ def test_an_untrusted_arbitrary_command_is_refused() -> None:
     serve = Serve(name="x", tier="x", container="c", port=1, served_model="m", up_command="bash go.sh")
     assert plan_up(serve, DockerState.MISSING).kind is PlanKind.REFUSE
     serve.trusted_command = True
-    assert plan_up(serve, DockerState.MISSING).argv == ["bash", "go.sh"]
-    assert plan_up(serve, DockerState.EXITED).argv == ["docker", "start", "c"]
+    assert plan_up(serve, DockerState.MISSING).commands == [["bash", "go.sh"]]
+    assert plan_up(serve, DockerState.EXITED).commands == [["docker", "start", "c"]]
     assert plan_up(serve, DockerState.RUNNING).kind is PlanKind.NOTHING
 
 

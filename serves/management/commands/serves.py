@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ class Command(BaseCommand):
 
     def _print(self, result: OperationResult, dry_run: bool) -> None:
         if dry_run:
-            command = " ".join(result.argv) if result.argv else "(nothing to run)"
+            command = " && ".join(shlex.join(argv) for argv in result.commands) or "(nothing to run)"
             self.stdout.write(f"{result.serve}: {command}\n    # {result.detail}")
         else:
             self.stdout.write(f"{result.serve}: {result.outcome}: {result.detail}")
