@@ -30,6 +30,11 @@ from anvil_site.metrics import MetricsMiddleware, metrics_app  # noqa: E402
 from anvil_site.websockets import websocket_urlpatterns  # noqa: E402
 from inference.consumers.base import UnknownRouteConsumer  # noqa: E402
 from inference.consumers.models import ModelsConsumer  # noqa: E402
+from inference.consumers.relay import (  # noqa: E402
+    ChatCompletionsConsumer,
+    CompletionsConsumer,
+    MessagesConsumer,
+)
 
 fail_fast("Anvil's web process")
 
@@ -38,6 +43,9 @@ front_door_unknown = UnknownRouteConsumer.as_asgi()
 http_application = PathDispatcher(
     exact={
         "/v1/models": ModelsConsumer.as_asgi(),
+        "/v1/chat/completions": ChatCompletionsConsumer.as_asgi(),
+        "/v1/completions": CompletionsConsumer.as_asgi(),
+        "/v1/messages": MessagesConsumer.as_asgi(),
         "/healthz": healthz_app,
         "/readyz": readyz_app,
         "/metrics": metrics_app,

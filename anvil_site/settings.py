@@ -196,6 +196,18 @@ ANVIL_KEY_SYNC_INTERVAL = env.env_float("ANVIL_KEY_SYNC_INTERVAL", 1.0, minimum=
 # How often a web process checks whether the serves table changed (seconds).
 ANVIL_SERVE_SYNC_INTERVAL = env.env_float("ANVIL_SERVE_SYNC_INTERVAL", 1.0, minimum=0.0)
 
+# Requests larger than this are refused with 413 (bytes).
+ANVIL_MAX_BODY_BYTES = env.env_int("ANVIL_MAX_BODY_BYTES", 32 * 1024 * 1024, minimum=1024)
+# In-flight requests per web process, and per API key within it; over either: 429.
+ANVIL_MAX_CONCURRENCY = env.env_int("ANVIL_MAX_CONCURRENCY", 512, minimum=1)
+ANVIL_MAX_CONCURRENCY_PER_KEY = env.env_int("ANVIL_MAX_CONCURRENCY_PER_KEY", 128, minimum=1)
+# Upstream connections: pool size per web process, and timeouts (seconds).
+ANVIL_UPSTREAM_POOL_SIZE = env.env_int("ANVIL_UPSTREAM_POOL_SIZE", 256, minimum=1)
+ANVIL_UPSTREAM_CONNECT_TIMEOUT = env.env_float("ANVIL_UPSTREAM_CONNECT_TIMEOUT", 5.0, minimum=0.1)
+ANVIL_UPSTREAM_READ_TIMEOUT = env.env_float("ANVIL_UPSTREAM_READ_TIMEOUT", 600.0, minimum=0.1)
+# max_tokens sent to an Anthropic upstream when an OpenAI client gave none (Anthropic requires it).
+ANVIL_DEFAULT_MAX_TOKENS = env.env_int("ANVIL_DEFAULT_MAX_TOKENS", 4096, minimum=1)
+
 # --- logging: to stderr, one line per record; never request bodies ---------
 LOG_LEVEL = env.env_str("ANVIL_LOG_LEVEL", "INFO").upper()
 LOGGING = {

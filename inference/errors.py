@@ -102,6 +102,22 @@ class UpstreamTimeout(FrontDoorError):
     default_code = "upstream_timeout"
 
 
+class UpstreamRejected(FrontDoorError):
+    """The serve refused the request itself (a 4xx of its own): passed on with its status."""
+
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    default_code = "upstream_rejected"
+
+    def __init__(self, message: str, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        if status_code == 429:
+            self.openai_type = self.anthropic_type = "rate_limit_error"
+        elif status_code == 413:
+            self.anthropic_type = "request_too_large"
+
+
 def error_body(error: FrontDoorError, dialect: Dialect) -> bytes:
     """The JSON body of ``error`` in ``dialect``'s shape."""
     if dialect is Dialect.ANTHROPIC:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
 from typing import Any
 
 from channels.generic.http import AsyncHttpConsumer
+from django.conf import settings
 
 from inference.auth import KEY_CACHE, Principal, presented_key
-from inference.errors import Dialect, FrontDoorError, MethodNotAllowed, NotFound, error_body
+from inference.errors import Dialect, FrontDoorError, MethodNotAllowed, NotFound, PayloadTooLarge, error_body
 
 JSON = b"application/json"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -28,26 +30,74 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
 
 
 class FrontDoorConsumer(AsyncHttpConsumer):
-    """Authenticates, then hands the body to ``respond``; errors come out in ``dialect``."""
+    """Authenticates, then hands the body to ``respond``; errors come out in ``dialect``.
 
-    # The hot path never touches the channel layer: no Redis round trip per request.
+    ``__call__`` is Channels' consumer entry point, replaced to do what the
+    generic one cannot: refuse an oversized body while it arrives (413), and
+    keep listening for the client's disconnect while the response is being
+    made, cancelling the work (and so the upstream request) the moment it comes.
+    It also skips the channel layer and the per-message database hop: the hot
+    path reaches the ORM only through database_sync_to_async.
+    """
+
     channel_layer_alias = None
     dialect: Dialect = Dialect.OPENAI
     methods: frozenset[str] = frozenset({"POST"})
     authenticated = True
 
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        # AsyncConsumer.dispatch closes stale DB connections through a thread hop
-        # on every message; these consumers reach the ORM only through
-        # database_sync_to_async, which does that itself, so skip the hop.
-        handler = getattr(self, message["type"].replace(".", "_"), None)
-        if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
+        self.request_id = request_id_from(scope["headers"])
+        self.response_started = False
+        try:
+            body = await self._read_body(receive)
+        except FrontDoorError as error:
+            await self.send_error(error)
+            return
+        if body is None:
+            return  # the client left before sending its whole request
+        work = asyncio.ensure_future(self.handle(body))
+        watch = asyncio.ensure_future(self._until_disconnect(receive))
+        done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if work in done:
+            watch.cancel()
+            work.result()
+        else:
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+
+    async def _read_body(self, receive: Any) -> bytes | None:
+        limit = settings.ANVIL_MAX_BODY_BYTES
+        for name, value in self.scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                raise PayloadTooLarge(f"The request body is {int(value)} bytes; the limit is {limit} "
+                                      "(ANVIL_MAX_BODY_BYTES).")
+        parts, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"The request body exceeds {limit} bytes (ANVIL_MAX_BODY_BYTES).")
+            parts.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(parts)
+
+    @staticmethod
+    async def _until_disconnect(receive: Any) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    async def send_headers(self, *, status: int = 200, headers: Any = None) -> None:
+        self.response_started = True
+        await super().send_headers(status=status, headers=headers)
 
     async def handle(self, body: bytes) -> None:
         headers = self.scope["headers"]
-        self.request_id = request_id_from(headers)
         try:
             if self.scope["method"] not in self.methods:
                 allowed = ", ".join(sorted(self.methods))
@@ -55,6 +105,8 @@ class FrontDoorConsumer(AsyncHttpConsumer):
             principal = await KEY_CACHE.authenticate(presented_key(headers)) if self.authenticated else None
             await self.respond(body, principal)
         except FrontDoorError as error:
+            if self.response_started:
+                raise  # a streaming consumer reports its own mid-stream errors
             await self.send_error(error)
 
     async def respond(self, body: bytes, principal: Principal | None) -> None:

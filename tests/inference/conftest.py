@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.live import live_anvil, scripted_upstream
+
+
+@pytest.fixture(scope="module")
+def module_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="module")
+def upstream(module_logs: Path) -> Iterator[str]:
+    """A scripted OpenAI- and Anthropic-compatible server (real process)."""
+    with scripted_upstream(module_logs) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def anvil(django_db_setup: None, django_db_blocker: object, module_logs: Path) -> Iterator[str]:
+    """Anvil under Daphne (real process) on the test database."""
+    with live_anvil(module_logs, ANVIL_MAX_CONCURRENCY_PER_KEY="3", ANVIL_UPSTREAM_READ_TIMEOUT="2",
+                    ANVIL_MAX_BODY_BYTES="65536") as url:
+        yield url

@@ -1,0 +1,53 @@
+"""Real processes on loopback for end-to-end tests: Anvil under Daphne, and scripted upstreams."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from tests.support.processes import ROOT, child_env, free_port, running
+from tests.support.waiting import wait_for
+
+SCRIPTED_UPSTREAM = ROOT / "tests" / "support" / "scripted_upstream.py"
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextmanager
+def scripted_upstream(log_dir: Path, deltas: int = 8, delay_ms: float = 5) -> Iterator[str]:
+    """Yields the upstream's root URL (its API is under /v1)."""
+    port = free_port()
+    argv = [sys.executable, str(SCRIPTED_UPSTREAM), "--port", str(port), "--deltas", str(deltas),
+            "--delay-ms", str(delay_ms)]
+    with running(argv, child_env(), log_dir / f"upstream-{port}.log") as process:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: process.poll() is None and _answers(f"{url}/health"), 30, "the scripted upstream")
+        yield url
+
+
+@contextmanager
+def live_anvil(log_dir: Path, **env: str) -> Iterator[str]:
+    """Daphne serving anvil_site.asgi against the test database; yields its root URL."""
+    port = free_port()
+    argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0",
+            "anvil_site.asgi:application"]
+    environment = child_env(ANVIL_SERVE_SYNC_INTERVAL="0", **env)
+    log = log_dir / f"anvil-{port}.log"
+    with running(argv, environment, log) as process:
+        url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            assert process.poll() is None, log.read_text()[-3000:]
+            return _answers(f"{url}/readyz")
+
+        wait_for(ready, 60, "Anvil under Daphne to be ready")
+        yield url

@@ -1,0 +1,302 @@
+"""A scripted model server speaking both OpenAI and Anthropic, run as a real process on loopback.
+
+    python tests/support/scripted_upstream.py --port 9001 [--deltas 64 --delay-ms 20]
+
+The scenario is picked by a marker in the last user message, ``[[NAME]]``:
+text (default), tool, text+tool, error500, error400, midstream, slow, badjson.
+Usage numbers are fixed and distinctive (prompt 11 / input 13) so tests can
+tell relayed usage from estimated usage. Every request is recorded:
+GET /_requests lists them, DELETE /_requests forgets them; a streaming
+request whose client went away is recorded in GET /_disconnects with the time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import time
+from typing import Any
+
+from aiohttp import web
+
+PROMPT_TOKENS = 11
+INPUT_TOKENS = 13
+MARKER = re.compile(r"\[\[([a-z0-9+]+)\]\]")
+TOOL_ARGS = ['{"ci', 'ty": "Pa', 'ris", "unit', 's": "c"}']
+
+requests_seen: list[dict[str, Any]] = []
+disconnects: list[dict[str, Any]] = []
+
+
+def scenario_of(body: dict[str, Any]) -> str:
+    texts: list[str] = []
+    for message in body.get("messages") or []:
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts += [part.get("text", "") for part in content if isinstance(part, dict)]
+    if isinstance(body.get("prompt"), str):
+        texts.append(body["prompt"])
+    found = MARKER.findall(texts[-1] if texts else "")
+    return found[-1] if found else "text"
+
+
+def tool_name(body: dict[str, Any]) -> str:
+    for tool in body.get("tools") or []:
+        name = (tool.get("function") or {}).get("name") or tool.get("name")
+        if name:
+            return name
+    return "get_weather"
+
+
+class Script:
+    def __init__(self, deltas: int, delay: float) -> None:
+        self.deltas = deltas
+        self.delay = delay
+
+    # --- OpenAI ---------------------------------------------------------------
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        scenario = scenario_of(body)
+        if scenario in ("error500", "error400"):
+            return self._openai_error(scenario)
+        model = body.get("model", "")
+        if not body.get("stream"):
+            return web.json_response(self._chat_whole(scenario, body, model))
+        response = await self._sse_start(request)
+        try:
+            await self._chat_stream(response, scenario, body, model)
+        except asyncio.CancelledError:
+            disconnects.append({"path": request.path, "at": time.time()})
+            raise
+        return response
+
+    def _chat_whole(self, scenario: str, body: dict[str, Any], model: str) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(f"tok{i} " for i in range(self.deltas))}
+        finish = "stop"
+        if scenario in ("tool", "text+tool", "badjson"):
+            arguments = "".join(TOOL_ARGS) if scenario != "badjson" else '{"city": Paris'
+            message = {"role": "assistant", "content": "Let me check." if scenario == "text+tool" else None,
+                       "tool_calls": [{"id": "call_1", "type": "function",
+                                       "function": {"name": tool_name(body), "arguments": arguments}}]}
+            finish = "tool_calls"
+        return {"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": model,
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": self.deltas,
+                          "total_tokens": PROMPT_TOKENS + self.deltas}}
+
+    async def _chat_stream(self, response: web.StreamResponse, scenario: str, body: dict[str, Any],
+                           model: str) -> None:
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+        await self._send(response, chunk({"role": "assistant", "content": ""}))
+        finish = "stop"
+        if scenario in ("tool", "text+tool"):
+            first = {"index": 0, "id": "call_1", "type": "function",
+                     "function": {"name": tool_name(body), "arguments": TOOL_ARGS[0]}}
+            delta: dict[str, Any] = {"tool_calls": [first]}
+            if scenario == "text+tool":
+                delta["content"] = "Let me check."
+            await self._send(response, chunk(delta))
+            for fragment in TOOL_ARGS[1:]:
+                await asyncio.sleep(self.delay)
+                await self._send(response, chunk({"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]}))
+            finish = "tool_calls"
+        else:
+            for i in range(self.deltas):
+                if i:
+                    await asyncio.sleep(30 if scenario == "slow" else self.delay)
+                await self._send(response, chunk({"content": f"tok{i} "}))
+                if scenario == "midstream" and i == 2:
+                    assert request_transport(response) is not None
+                    request_transport(response).close()  # the connection breaks mid-answer
+                    return
+        await self._send(response, chunk({}, finish))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            completion = len(TOOL_ARGS) if finish == "tool_calls" else self.deltas
+            await self._send(response, {"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1,
+                                        "model": model, "choices": [],
+                                        "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion,
+                                                  "total_tokens": PROMPT_TOKENS + completion}})
+        await response.write(b"data: [DONE]\n\n")
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        model = body.get("model", "")
+        if not body.get("stream"):
+            return web.json_response({
+                "id": "cmpl-up", "object": "text_completion", "created": 1, "model": model,
+                "choices": [{"index": 0, "text": "".join(f"tok{i} " for i in range(self.deltas)),
+                             "finish_reason": "length", "logprobs": None}],
+                "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": self.deltas,
+                          "total_tokens": PROMPT_TOKENS + self.deltas}})
+        response = await self._sse_start(request)
+        for i in range(self.deltas):
+            if i:
+                await asyncio.sleep(self.delay)
+            await self._send(response, {"id": "cmpl-up", "object": "text_completion", "created": 1, "model": model,
+                                        "choices": [{"index": 0, "text": f"tok{i} ", "finish_reason": None}]})
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    @staticmethod
+    def _openai_error(scenario: str) -> web.Response:
+        status = 500 if scenario == "error500" else 400
+        message = "the engine crashed" if status == 500 else "This model's maximum context length is 8 tokens"
+        return web.json_response({"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                            "code": None}}, status=status)
+
+    # --- Anthropic ------------------------------------------------------------
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        scenario = scenario_of(body)
+        if scenario in ("error500", "error400"):
+            status = 500 if scenario == "error500" else 400
+            kind = "api_error" if status == 500 else "invalid_request_error"
+            return web.json_response({"type": "error", "error": {"type": kind, "message": f"scripted {status}"}},
+                                     status=status)
+        model = body.get("model", "")
+        tool = scenario in ("tool", "text+tool")
+        if not body.get("stream"):
+            content: list[dict[str, Any]] = []
+            if scenario == "text+tool":
+                content.append({"type": "text", "text": "Let me check."})
+            if tool:
+                content.append({"type": "tool_use", "id": "toolu_1", "name": tool_name(body),
+                                "input": json.loads("".join(TOOL_ARGS))})
+            else:
+                content.append({"type": "text", "text": "".join(f"tok{i} " for i in range(self.deltas))})
+            return web.json_response({"id": "msg_up", "type": "message", "role": "assistant", "model": model,
+                                      "content": content, "stop_reason": "tool_use" if tool else "end_turn",
+                                      "stop_sequence": None,
+                                      "usage": {"input_tokens": INPUT_TOKENS, "output_tokens": self.deltas}})
+        response = await self._sse_start(request)
+        try:
+            await self._messages_stream(response, scenario, body, model)
+        except asyncio.CancelledError:
+            disconnects.append({"path": request.path, "at": time.time()})
+            raise
+        return response
+
+    async def _messages_stream(self, response: web.StreamResponse, scenario: str, body: dict[str, Any],
+                               model: str) -> None:
+        async def event(name: str, payload: dict[str, Any]) -> None:
+            await response.write(f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode())
+
+        await event("message_start", {"type": "message_start", "message": {
+            "id": "msg_up", "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": INPUT_TOKENS, "output_tokens": 1}}})
+        index = 0
+        if scenario in ("tool", "text+tool"):
+            if scenario == "text+tool":
+                await event("content_block_start", {"type": "content_block_start", "index": 0,
+                                                    "content_block": {"type": "text", "text": ""}})
+                await event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                    "delta": {"type": "text_delta", "text": "Let me check."}})
+                await event("content_block_stop", {"type": "content_block_stop", "index": 0})
+                index = 1
+            await event("content_block_start", {"type": "content_block_start", "index": index, "content_block": {
+                "type": "tool_use", "id": "toolu_1", "name": tool_name(body), "input": {}}})
+            for fragment in TOOL_ARGS:
+                await asyncio.sleep(self.delay)
+                await event("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                    "delta": {"type": "input_json_delta", "partial_json": fragment}})
+            await event("content_block_stop", {"type": "content_block_stop", "index": index})
+            stop, output = "tool_use", len(TOOL_ARGS)
+        else:
+            await event("content_block_start", {"type": "content_block_start", "index": 0,
+                                                "content_block": {"type": "text", "text": ""}})
+            for i in range(self.deltas):
+                if i:
+                    await asyncio.sleep(30 if scenario == "slow" else self.delay)
+                await event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                    "delta": {"type": "text_delta", "text": f"tok{i} "}})
+                if scenario == "midstream" and i == 2:
+                    request_transport(response).close()
+                    return
+            await event("content_block_stop", {"type": "content_block_stop", "index": 0})
+            stop, output = "end_turn", self.deltas
+        await event("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
+                                      "usage": {"output_tokens": output}})
+        await event("message_stop", {"type": "message_stop"})
+
+    # --- plumbing -------------------------------------------------------------
+    async def _record(self, request: web.Request) -> dict[str, Any]:
+        body = await request.json()
+        requests_seen.append({"path": request.path, "headers": dict(request.headers), "body": body})
+        return body
+
+    @staticmethod
+    async def _sse_start(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
+        await response.prepare(request)
+        return response
+
+    @staticmethod
+    async def _send(response: web.StreamResponse, payload: dict[str, Any]) -> None:
+        await response.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
+
+
+def request_transport(response: web.StreamResponse) -> Any:
+    return response._req.transport  # type: ignore[union-attr]
+
+
+async def models(request: web.Request) -> web.Response:
+    return web.json_response({"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def list_requests(request: web.Request) -> web.Response:
+    return web.json_response(requests_seen)
+
+
+async def clear_requests(request: web.Request) -> web.Response:
+    requests_seen.clear()
+    disconnects.clear()
+    return web.json_response({"cleared": True})
+
+
+async def list_disconnects(request: web.Request) -> web.Response:
+    return web.json_response(disconnects)
+
+
+def build_app(deltas: int, delay: float) -> web.Application:
+    script = Script(deltas, delay)
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.add_routes([
+        web.post("/v1/chat/completions", script.chat),
+        web.post("/v1/completions", script.completions),
+        web.post("/v1/messages", script.messages),
+        web.get("/v1/models", models),
+        web.get("/health", health),
+        web.get("/_requests", list_requests),
+        web.delete("/_requests", clear_requests),
+        web.get("/_disconnects", list_disconnects),
+    ])
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--deltas", type=int, default=8)
+    parser.add_argument("--delay-ms", type=float, default=5)
+    args = parser.parse_args()
+    app = build_app(args.deltas, args.delay_ms / 1000)
+    # handler_cancellation: a client that goes away cancels its handler, which
+    # is what the disconnect tests observe.
+    web.run_app(app, host="127.0.0.1", port=args.port, print=None, handler_cancellation=True, access_log=None)
+
+
+if __name__ == "__main__":
+    main()
