@@ -4,13 +4,18 @@ A web process must not query the database per request for rows that change a
 few times a day (API keys, serves). A ``Snapshot`` holds what ``load`` built,
 and at most once per ``interval`` asks the database for a cheap fingerprint of
 the table (row count, newest ``updated_at``); only when that changed does it
-load again. ``get(force=True)`` checks at once (rate-limited), for a caller
-that just missed and suspects the snapshot is behind.
+load again. That check runs in the background: the request that finds it due
+is answered from the snapshot it has, so no request waits on the database
+except the very first, and a caller that passes ``force=True`` (a key or a
+model it does not know yet) — which checks at once, rate-limited.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+import weakref
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -19,6 +24,7 @@ from django.db import models
 from django.db.models import Count, Max
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # A flood of misses must not become a flood of database queries.
 FORCED_CHECK_MIN_INTERVAL = 0.05
@@ -28,6 +34,15 @@ def table_fingerprint(model: type[models.Model]) -> tuple[int, object]:
     """Changes whenever a row is added, deleted or saved (rows carry an auto_now ``updated_at``)."""
     agg = model.objects.aggregate(n=Count("pk"), newest=Max("updated_at"))
     return agg["n"], agg["newest"]
+
+
+_ALL: weakref.WeakSet[Snapshot[object]] = weakref.WeakSet()
+
+
+async def settle_all() -> None:
+    """Wait for every snapshot's background check: an event loop about to close calls this."""
+    for snapshot in list(_ALL):
+        await snapshot.settle()
 
 
 class Snapshot(Generic[T]):
@@ -41,20 +56,44 @@ class Snapshot(Generic[T]):
         self._fingerprint: tuple[int, object] | None = None
         self._checked_at = float("-inf")
         self._forced_at = float("-inf")
+        self._refreshing: asyncio.Task[None] | None = None
+        _ALL.add(self)
 
     async def get(self, *, force: bool = False) -> T:
         now = self._clock()
         if force:
+            if self._refreshing is not None:
+                await asyncio.shield(self._refreshing)  # it may have started before the caller's change
             if now - self._forced_at >= FORCED_CHECK_MIN_INTERVAL:
                 self._forced_at = now
-                await self._refresh(now)
-        elif now - self._checked_at >= self._interval():
-            await self._refresh(now)
-        assert self._value is not None
+                await asyncio.shield(self._start_refresh(now))
+        elif self._refreshing is None and (self._value is None or now - self._checked_at >= self._interval()):
+            self._start_refresh(now)  # in the background: this request is answered from what we have
+        if self._value is None and self._refreshing is not None:
+            await asyncio.shield(self._refreshing)  # the first load: nothing to answer with yet
+        if self._value is None:
+            raise RuntimeError("the snapshot could not be loaded")
         return self._value
 
-    async def _refresh(self, now: float) -> None:
+    def _start_refresh(self, now: float) -> asyncio.Task[None]:
         self._checked_at = now
+        task = asyncio.ensure_future(self._refresh())
+        task.add_done_callback(self._refreshed)
+        self._refreshing = task
+        return task
+
+    async def settle(self) -> None:
+        """Wait for a background check under way (tests, and orderly shutdown)."""
+        if self._refreshing is not None:
+            await asyncio.shield(self._refreshing)
+
+    def _refreshed(self, task: asyncio.Task[None]) -> None:
+        if self._refreshing is task:
+            self._refreshing = None
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not refresh the %s snapshot", self._model.__name__, exc_info=task.exception())
+
+    async def _refresh(self) -> None:
         if self._value is not None:
             fingerprint = await database_sync_to_async(table_fingerprint)(self._model)
             if fingerprint == self._fingerprint:
@@ -70,3 +109,4 @@ class Snapshot(Generic[T]):
         self._fingerprint = None
         self._checked_at = float("-inf")
         self._forced_at = float("-inf")
+        self._refreshing = None

@@ -50,6 +50,9 @@ class RelayConsumer(FrontDoorConsumer):
         self.validate(body)
         serves = await SERVE_CATALOG.get()
         decision = decide(body.get("model"), serves, dialects=self.upstream_dialects)
+        if decision.unknown_model:  # perhaps a serve added a moment ago: look again before a 404
+            serves = await SERVE_CATALOG.get(force=True)
+            decision = decide(body.get("model"), serves, dialects=self.upstream_dialects)
         if not decision.candidates:
             known = ", ".join(serve.name for serve in serves) or "none"
             if decision.unknown_model:

@@ -9,6 +9,7 @@ from inference.keys import create_key, revoke_key
 from serves.catalog import SERVE_CATALOG
 from serves.models import Serve
 from tests.support.asgi import call
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -88,4 +89,5 @@ def test_models_lists_the_enabled_serves_and_notices_new_ones(settings: object) 
     assert [model["id"] for model in listed] == ["fast"]
     assert listed[0]["object"] == "model" and listed[0]["anvil"]["served_model"] == "gpt-oss-20b"
     Serve.objects.create(name="heavy", tier="heavy", base_url="http://127.0.0.1:3/v1", served_model="q")
-    assert [m["id"] for m in call("GET", "/v1/models", headers=headers).json()["data"]] == ["fast", "heavy"]
+    wait_for(lambda: [m["id"] for m in call("GET", "/v1/models", headers=headers).json()["data"]] == ["fast", "heavy"],
+             5, "the new serve to be listed")

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from asgiref.sync import async_to_sync
 from asgiref.testing import ApplicationCommunicator
 
+from anvil_site.snapshots import settle_all
+
 
 @dataclass
 class Answer:
@@ -44,6 +46,7 @@ def call(method: str, path: str, body: bytes = b"", headers: dict[str, str] | No
             if not message.get("more_body", False):
                 break
         await communicator.wait(timeout)
+        await settle_all()  # this loop closes with the call: let background checks finish in it
         headers = {k.decode().lower(): v.decode() for k, v in start["headers"]}
         return Answer(start["status"], headers, b"".join(chunks))
 

