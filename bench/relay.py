@@ -147,7 +147,7 @@ def stack(work: Path, with_litellm: bool):
             ll_port = free_port()
             ll_env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
             litellm = stack.enter_context(spawn(
-                [str(python), "-m", "litellm", "--config", str(config), "--port", str(ll_port), "--host", "127.0.0.1",
+                [str(python.parent / "litellm"), "--config", str(config), "--port", str(ll_port), "--host", "127.0.0.1",
                  "--num_workers", "1"], ll_env, work / "litellm.log", cwd=work))
             wait_http(f"http://127.0.0.1:{ll_port}/health/liveliness", 180, litellm, work / "litellm.log")
             targets.append(Target("LITELLM", f"http://127.0.0.1:{ll_port}/v1", "fast",

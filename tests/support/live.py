@@ -40,7 +40,7 @@ def live_anvil(log_dir: Path, **env: str) -> Iterator[str]:
     port = free_port()
     argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0",
             "anvil_site.asgi:application"]
-    environment = child_env(ANVIL_SERVE_SYNC_INTERVAL="0", **env)
+    environment = child_env(**env)
     log = log_dir / f"anvil-{port}.log"
     with running(argv, environment, log) as process:
         url = f"http://127.0.0.1:{port}"
