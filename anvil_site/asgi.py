@@ -34,6 +34,7 @@ from inference.consumers.relay import (  # noqa: E402
     ChatCompletionsConsumer,
     CompletionsConsumer,
     MessagesConsumer,
+    RouteConsumer,
 )
 
 fail_fast("Anvil's web process")
@@ -46,6 +47,7 @@ http_application = PathDispatcher(
         "/v1/chat/completions": ChatCompletionsConsumer.as_asgi(),
         "/v1/completions": CompletionsConsumer.as_asgi(),
         "/v1/messages": MessagesConsumer.as_asgi(),
+        "/v1/route": RouteConsumer.as_asgi(),
         "/healthz": healthz_app,
         "/readyz": readyz_app,
         "/metrics": metrics_app,

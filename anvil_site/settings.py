@@ -174,6 +174,9 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env.env_float("ANVIL_STATUS_SWEEP_SECONDS", 60.0, minimum=5.0),
         "options": {"expires": 55},  # a sweep that could not start in time is skipped, not queued up
     },
+    "routing-prune-decisions": {"task": "routing.prune_decisions", "schedule": 3600.0},
+    "routing-mark-stale-profiles": {"task": "routing.mark_stale_profiles", "schedule": 60.0,
+                                    "options": {"expires": 55}},
 }
 
 # --- Docker and Compose (the serve lifecycle) -------------------------------
@@ -207,6 +210,24 @@ ANVIL_UPSTREAM_CONNECT_TIMEOUT = env.env_float("ANVIL_UPSTREAM_CONNECT_TIMEOUT",
 ANVIL_UPSTREAM_READ_TIMEOUT = env.env_float("ANVIL_UPSTREAM_READ_TIMEOUT", 600.0, minimum=0.1)
 # max_tokens sent to an Anthropic upstream when an OpenAI client gave none (Anthropic requires it).
 ANVIL_DEFAULT_MAX_TOKENS = env.env_int("ANVIL_DEFAULT_MAX_TOKENS", 4096, minimum=1)
+
+# --- routing ------------------------------------------------------------------
+ANVIL_PROFILE_SYNC_INTERVAL = env.env_float("ANVIL_PROFILE_SYNC_INTERVAL", 1.0, minimum=0.0)
+# Tiers from cheapest to most capable: the policy's order.
+ANVIL_TIER_ORDER = env.env_list("ANVIL_TIER_ORDER", ["fast", "heavy", "cloud"])
+# Tiers billed per token: the metered-cloud gate keeps them for the classes below.
+ANVIL_METERED_TIERS = env.env_list("ANVIL_METERED_TIERS", ["cloud"])
+ANVIL_CLOUD_WORK_CLASSES = env.env_list("ANVIL_CLOUD_WORK_CLASSES",
+                                        ["planning", "multi-file-refactor", "review", "long-context"])
+# Attempts per request (the first try and its fallbacks).
+ANVIL_ATTEMPT_BUDGET = env.env_int("ANVIL_ATTEMPT_BUDGET", 3, minimum=1)
+# An allow-with-verify answer is held at most this many bytes before it is verified.
+ANVIL_COMMIT_WINDOW_BYTES = env.env_int("ANVIL_COMMIT_WINDOW_BYTES", 8 * 1024 * 1024, minimum=1024)
+ANVIL_BREAKER_FAILURES = env.env_int("ANVIL_BREAKER_FAILURES", 3, minimum=1)
+ANVIL_BREAKER_COOLDOWN = env.env_float("ANVIL_BREAKER_COOLDOWN", 30.0, minimum=0.0)
+ANVIL_BREAKER_PROBE_TTL = env.env_float("ANVIL_BREAKER_PROBE_TTL", 60.0, minimum=1.0)
+ANVIL_DECISION_RETENTION_DAYS = env.env_int("ANVIL_DECISION_RETENTION_DAYS", 30, minimum=1)
+ANVIL_DECISION_RETENTION_ROWS = env.env_int("ANVIL_DECISION_RETENTION_ROWS", 1_000_000, minimum=1000)
 
 # --- logging: to stderr, one line per record; never request bodies ---------
 LOG_LEVEL = env.env_str("ANVIL_LOG_LEVEL", "INFO").upper()

@@ -8,6 +8,7 @@ from rest_framework.routers import DefaultRouter
 
 from anvil_site import views
 from inference.api import ApiKeyViewSet
+from routing.api import DecisionViewSet
 
 admin.site.site_header = "Anvil administration"
 admin.site.site_title = "Anvil"
@@ -15,6 +16,7 @@ admin.site.index_title = "Serves, routing, evals and keys"
 
 api = DefaultRouter()
 api.register("keys", ApiKeyViewSet, basename="apikey")
+api.register("decisions", DecisionViewSet, basename="decision")
 
 urlpatterns = [
     path("", views.console, name="console"),

@@ -66,7 +66,8 @@ class ServeAdmin(admin.ModelAdmin):
     formfield_overrides = {models.URLField: {"assume_scheme": "http"}}
     fieldsets = [
         (None, {"fields": ["name", "tier", "engine", "dialect", "enabled", "groups"]}),
-        ("Where it answers", {"fields": ["base_url", "port", "served_model", "health_path", "api_key_env"]}),
+        ("Where it answers", {"fields": ["base_url", "port", "served_model", "health_path", "api_key_env",
+                                         "supports_tools"]}),
         ("Container", {"fields": ["container", "compose_file", "compose_service", "up_command", "trusted_command",
                                   "gpu", "queue"]}),
         ("Identity (a change marks measurements stale)", {

@@ -23,6 +23,8 @@ class ServeView:
     served_model: str
     api_key_env: str
     context_limit: int | None
+    supports_tools: bool
+    fingerprint: str
     extra_body: dict[str, object]
     is_local: bool
     state: str
@@ -34,7 +36,8 @@ def _view(serve: Serve) -> ServeView:
     return ServeView(
         id=serve.pk, name=serve.name, tier=serve.tier, engine=serve.engine, dialect=serve.dialect,
         base_url=serve.effective_base_url, served_model=serve.served_model, api_key_env=serve.api_key_env,
-        context_limit=serve.context_limit, extra_body=dict(serve.extra_body or {}), is_local=serve.is_local,
+        context_limit=serve.context_limit, supports_tools=serve.supports_tools, fingerprint=serve.fingerprint(),
+        extra_body=dict(serve.extra_body or {}), is_local=serve.is_local,
         state=serve.state, health=serve.health, created=int(serve.created_at.timestamp()),
     )
 

@@ -54,6 +54,7 @@ MODEL_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     "model_source": ("model_source", (str,)),
     "gpu": ("gpu", (str, int)),
     "context_limit": ("context_limit", (int,)),
+    "supports_tools": ("supports_tools", (bool,)),
     "revision": ("revision", (str,)),
     "quantization": ("quantization", (str,)),
     "extra_body": ("extra_body", (dict,)),
@@ -73,7 +74,8 @@ MANAGED_DEFAULTS: dict[str, Any] = {
     "tier": "", "engine": Engine.VLLM, "dialect": "", "base_url": "", "port": None, "served_model": "",
     "model_source": "", "health_path": "/health", "container": "", "compose_file": "", "compose_service": "",
     "up_command": "", "trusted_command": False, "groups": [], "gpu": "", "context_limit": None, "revision": "",
-    "quantization": "", "extra_body": {}, "engine_args": [], "api_key_env": "", "queue": "", "enabled": True,
+    "quantization": "", "supports_tools": True, "extra_body": {}, "engine_args": [], "api_key_env": "", "queue": "",
+    "enabled": True,
 }
 DIALECT_OF_ENGINE = {Engine.ANTHROPIC: Dialect.ANTHROPIC}
 
@@ -217,7 +219,7 @@ def _manifest_key(field_name: str) -> str:
 
 EXPORT_ORDER = ["name", "tier", "engine", "dialect", "container", "port", "base_url", "model", "model_source",
                 "health", "up", "groups", "gpu", "context_limit", "revision", "quantization", "extra_body",
-                "engine_args", "api_key_env", "queue", "enabled", "trusted_command"]
+                "engine_args", "supports_tools", "api_key_env", "queue", "enabled", "trusted_command"]
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 

@@ -74,6 +74,7 @@ class Serve(models.Model):
     groups = models.JSONField(default=list, blank=True, help_text='Names to act on together, e.g. ["gpu0", "coding"].')
     gpu = models.CharField(max_length=64, blank=True, help_text="GPU UUID (preferred) or index.")
     context_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Max context tokens.")
+    supports_tools = models.BooleanField(default=True, help_text="Whether the serve can answer tool calls.")
     revision = models.CharField(max_length=100, blank=True)
     quantization = models.CharField(max_length=50, blank=True)
     extra_body = models.JSONField(default=dict, blank=True, help_text="Merged into every request body upstream.")

@@ -1,41 +1,62 @@
-"""The relaying endpoints: /v1/chat/completions, /v1/completions, /v1/messages.
+"""The relaying endpoints: /v1/chat/completions, /v1/completions, /v1/messages, and /v1/route (explain).
 
-One path for all three: validate, decide which serve answers, open the
-upstream, then exactly one of: an upstream error in the client's dialect, the
-whole answer, or the stream. A stream's every upstream event reaches the
-client as its own chunk the moment it arrives; same-dialect events go out
-byte for byte.
+Per request: validate, ask routing for a decision (ordered candidates with verdicts), then
+try the candidates in order within the attempt budget (``inference/attempt.py``), skipping
+serves whose circuit is open; the first attempt that commits answers the client. Every
+request leaves one decision record (metadata only) in the decision log.
 """
 
 from __future__ import annotations
 
-import json
+import time
+import uuid
 from typing import Any
 
+from django.conf import settings
+
 from inference.admission import ADMISSION
+from inference.attempt import AttemptOutcome, run_attempt
 from inference.auth import Principal
 from inference.consumers.base import FrontDoorConsumer
 from inference.errors import (
     Dialect,
+    FrontDoorError,
     InvalidRequest,
     NotFound,
+    PayloadTooLarge,
     Unavailable,
     UpstreamFailed,
-    UpstreamRejected,
-    UpstreamTimeout,
 )
 from inference.exchange import Exchange
 from inference.protocol import parse_json_object, validate_chat, validate_completion, validate_messages
-from inference.relay import UpstreamError, UpstreamTimedOut, chunks, open_upstream, read_capped
-from routing.decide import decide
-from routing.dialects import DialectError, UpstreamProtocolError
-from routing.dialects.sse import SSEDecoder, encode
+from routing import live
+from routing.breaker import SKIP
+from routing.decide import Decision, decide
+from routing.decision_log import DECISION_LOG
+from routing.dialects import DialectError
 from serves.catalog import SERVE_CATALOG
 
-ERROR_BODY_LIMIT = 64 * 1024
-WHOLE_ANSWER_LIMIT = 64 * 1024 * 1024
-STREAM_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-                  (b"x-accel-buffering", b"no")]
+
+async def make_decision(body: dict[str, Any], dialects: frozenset[str]) -> Decision:
+    serves = await SERVE_CATALOG.get()
+    profile, rules = await live.PROFILE.get(), await live.RULES.get()
+    decision = decide(body, serves, profile, rules, live.policy_config(), dialects=dialects)
+    if decision.unknown_model:  # perhaps a serve added a moment ago: look again before a 404
+        serves = await SERVE_CATALOG.get(force=True)
+        decision = decide(body, serves, profile, rules, live.policy_config(), dialects=dialects)
+    return decision
+
+
+def refuse(decision: Decision, serves_known: str) -> FrontDoorError:
+    if decision.unknown_model:
+        return NotFound(f"The model {decision.requested_model!r} does not exist. Serves you can name: "
+                        f"{serves_known}; or auto, or a preset (anvil/planning, anvil/chat, …).",
+                        param="model", code="model_not_found")
+    if decision.too_large:
+        return PayloadTooLarge("No serve's context window fits this request: "
+                               + "; ".join(why for _, why in decision.excluded))
+    why = "; ".join(f"{name}: {reason}" for name, reason in decision.excluded) or "no enabled serve"
+    return Unavailable(f"No serve may answer this {decision.work_class} request ({why}).")
 
 
 class RelayConsumer(FrontDoorConsumer):
@@ -46,126 +67,95 @@ class RelayConsumer(FrontDoorConsumer):
         raise NotImplementedError
 
     async def respond(self, raw: bytes, principal: Principal | None) -> None:
+        started = time.perf_counter()
         body = parse_json_object(raw)
         self.validate(body)
-        serves = await SERVE_CATALOG.get()
-        decision = decide(body.get("model"), serves, dialects=self.upstream_dialects)
-        if decision.unknown_model:  # perhaps a serve added a moment ago: look again before a 404
-            serves = await SERVE_CATALOG.get(force=True)
-            decision = decide(body.get("model"), serves, dialects=self.upstream_dialects)
-        if not decision.candidates:
-            known = ", ".join(serve.name for serve in serves) or "none"
-            if decision.unknown_model:
-                raise NotFound(f"The model {body.get('model')!r} does not exist. Serves you can name: {known}.",
-                               param="model", code="model_not_found")
-            raise Unavailable(f"No serve can answer: {'; '.join(decision.notes)}. Serves: {known}.")
-        serve = decision.candidates[0].serve
-        self.served_by = serve.name.encode()
-        exchange = Exchange(self.dialect, self.endpoint, body, serve, self.request_id, dict(self.scope["headers"]))
+        decision = await make_decision(body, self.upstream_dialects)
+        self.decision_id = str(uuid.uuid4())
+        self.work_class = decision.work_class
+        record: dict[str, Any] = {
+            "id": self.decision_id, "request_id": self.request_id, "endpoint": self.endpoint,
+            "api_key": f"{principal.name} ({principal.prefix})" if principal else "",
+            "requested_model": decision.requested_model[:200], "work_class": decision.work_class,
+            "confident": decision.confident, "notes": list(decision.notes),
+            "candidates": [{"serve": c.serve.name, "verdict": c.verdict} for c in decision.candidates]
+            + [{"serve": name, "verdict": "excluded", "why": why} for name, why in decision.excluded],
+        }
+        attempts: list[dict[str, Any]] = []
+        final: AttemptOutcome | None = None
         try:
-            upstream_request = exchange.upstream_request()
-        except DialectError as exc:
-            raise InvalidRequest(f"{exc.message} (serve {serve.name} speaks {serve.dialect}).",
-                                 param=exc.param) from None
-        with ADMISSION.admit(principal.key_id if principal else None):
+            if not decision.candidates:
+                serves = await SERVE_CATALOG.get()
+                raise refuse(decision, ", ".join(s.name for s in serves) or "none")
+            with ADMISSION.admit(principal.key_id if principal else None):
+                final = await self._attempts(decision, body, attempts)
+        except FrontDoorError as error:
+            record.update(outcome="error", status=error.status_code)
+            raise
+        finally:
+            record["attempts"] = attempts
+            record["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
+            if final is not None:
+                record.update(served_by=final.serve if final.committed else "", outcome=final.label,
+                              status=final.status, prompt_tokens=final.prompt_tokens,
+                              completion_tokens=final.completion_tokens, bytes_out=final.bytes_out,
+                              ttft_ms=round((final.first_byte_at - started) * 1000, 3) if final.first_byte_at
+                              else None)
+            DECISION_LOG.append(record)
+
+    async def _attempts(self, decision: Decision, body: dict[str, Any],
+                        attempts: list[dict[str, Any]]) -> AttemptOutcome:
+        budget = settings.ANVIL_ATTEMPT_BUDGET
+        last: AttemptOutcome | None = None
+        failures: list[str] = []
+        tried = 0
+        for candidate in decision.candidates:
+            serve = candidate.serve
+            if tried >= budget:
+                attempts.append({"serve": serve.name, "outcome": "budget-stop"})
+                continue
+            if await live.breaker_allows(serve.name) == SKIP:
+                attempts.append({"serve": serve.name, "outcome": "skipped-circuit"})
+                continue
+            tried += 1
+            exchange = Exchange(self.dialect, self.endpoint, body, serve, self.request_id,
+                                dict(self.scope["headers"]))
             try:
-                async with open_upstream(upstream_request) as upstream:
-                    if upstream.status >= 400:
-                        payload = await read_capped(upstream, ERROR_BODY_LIMIT)
-                        await self._upstream_error(exchange, upstream.status, payload)
-                    elif exchange.stream:
-                        await self._stream(exchange, upstream)
-                    else:
-                        await self._whole(exchange, upstream)
-            except UpstreamTimedOut as exc:
-                raise UpstreamTimeout(f"Serve {serve.name} did not answer in time: {exc}.") from None
-            except UpstreamError as exc:
-                raise UpstreamFailed(f"Serve {serve.name} could not be reached: {exc}.") from None
+                exchange.upstream_request()
+            except DialectError as exc:
+                raise InvalidRequest(f"{exc.message} (serve {serve.name} speaks {serve.dialect}).",
+                                     param=exc.param) from None
+            self.served_by = serve.name.encode()
+            outcome = await run_attempt(self, exchange, verify=candidate.verdict == "allow-with-verify")
+            await live.breaker_record(serve.name, not outcome.upstream_failed)
+            attempts.append(outcome.as_log())
+            if outcome.committed:
+                if outcome.error is not None:
+                    raise outcome.error
+                return outcome
+            last = outcome
+            failures.append(outcome.error.message if outcome.error else
+                            f"Serve {serve.name}'s answer failed verification ({', '.join(outcome.labels)})")
+        self.served_by = b""
+        if last is not None and last.error is not None:
+            last.error.message = "; then ".join(failures)  # every attempt, in order, in one message
+            raise last.error
+        if last is not None:
+            raise UpstreamFailed(f"No serve produced an answer that passed verification "
+                                 f"({', '.join(last.labels)}); attempts: "
+                                 + ", ".join(f"{a['serve']}: {a['outcome']}" for a in attempts))
+        raise Unavailable("Every candidate serve is unavailable (open circuit breakers); retry shortly.",
+                          headers=[(b"retry-after", str(int(settings.ANVIL_BREAKER_COOLDOWN) or 1).encode())])
 
     def base_headers(self, content_type: bytes = b"application/json") -> list[tuple[bytes, bytes]]:
         headers = super().base_headers(content_type)
         served_by = getattr(self, "served_by", None)
         if served_by:
             headers.append((b"x-anvil-served-by", served_by))
+        if getattr(self, "decision_id", None):
+            headers.append((b"x-anvil-decision", self.decision_id.encode()))
+            headers.append((b"x-anvil-work-class", self.work_class.encode()))
         return headers
-
-    async def _upstream_error(self, exchange: Exchange, status: int, payload: bytes) -> None:
-        message = exchange.upstream_error_message(payload)
-        name = exchange.serve.name
-        if status >= 500:
-            raise UpstreamFailed(f"Serve {name} failed (HTTP {status}): {message}")
-        if status in (401, 403, 404):
-            # The client's request is fine; Anvil's configuration of the serve is not.
-            raise UpstreamFailed(f"Serve {name} refused Anvil (HTTP {status}): {message}. "
-                                 "Check the serve's api_key_env and served model name.")
-        if exchange.same_dialect:
-            await self.send_complete(status, payload, self.base_headers())
-            return
-        raise UpstreamRejected(f"Serve {name} rejected the request (HTTP {status}): {message}", status)
-
-    async def _whole(self, exchange: Exchange, upstream: Any) -> None:
-        if exchange.same_dialect:
-            content_type = upstream.headers.get("content-type", "application/json").encode("latin-1")
-            await self.send_headers(status=upstream.status, headers=self.base_headers(content_type))
-            async for data in chunks(upstream):
-                await self.send_body(data, more_body=True)
-            await self.send_body(b"")
-            return
-        payload = await read_capped(upstream, WHOLE_ANSWER_LIMIT)
-        try:
-            answer = json.loads(payload)
-            translated = exchange.translate_answer(answer)
-        except (json.JSONDecodeError, UnicodeDecodeError, UpstreamProtocolError, AttributeError) as exc:
-            raise UpstreamFailed(f"Serve {exchange.serve.name} answered something that is not a valid "
-                                 f"{exchange.upstream_dialect} response: {exc}") from None
-        await self.send_json(upstream.status, translated)
-
-    async def _stream(self, exchange: Exchange, upstream: Any) -> None:
-        await self.send_headers(status=200, headers=self.base_headers(STREAM_HEADERS[0][1]) + STREAM_HEADERS[1:])
-        decoder = SSEDecoder()
-        translator = None if exchange.same_dialect else exchange.stream_translator()
-        try:
-            async for data in chunks(upstream):
-                for event in decoder.feed(data):
-                    if translator is None:
-                        await self.send_body(event.raw, more_body=True)
-                    else:
-                        for out in self._translate(translator, event):
-                            await self.send_body(out, more_body=True)
-            tail = decoder.close()
-            if tail is not None:
-                if translator is None:
-                    await self.send_body(tail.raw, more_body=True)
-                else:
-                    for out in self._translate(translator, tail):
-                        await self.send_body(out, more_body=True)
-            if translator is not None:
-                for out in translator.finish():
-                    await self.send_body(out, more_body=True)
-        except (UpstreamError, UpstreamProtocolError, ValueError) as exc:
-            await self.send_body(self._stream_error(exchange, translator, str(exc)), more_body=True)
-        await self.send_body(b"")
-
-    @staticmethod
-    def _translate(translator: Any, event: Any) -> list[bytes]:
-        if event.data == "[DONE]":
-            return translator.finish()
-        payload = event.json()
-        if isinstance(payload, dict) and payload.get("type") == "error":
-            error = payload.get("error") or {}
-            raise UpstreamProtocolError(f"the upstream reported: {error.get('message', 'an error')}")
-        return translator.feed(payload)
-
-    def _stream_error(self, exchange: Exchange, translator: Any, detail: str) -> bytes:
-        """The error event that ends a broken stream, in the client's dialect."""
-        message = f"Serve {exchange.serve.name} failed mid-stream: {detail}"
-        if translator is not None:
-            kind = "api_error" if self.dialect is Dialect.ANTHROPIC else "server_error"
-            return b"".join(translator.error(kind, message))
-        if self.dialect is Dialect.ANTHROPIC:
-            return encode({"type": "error", "error": {"type": "api_error", "message": message}}, "error")
-        return encode({"error": {"message": message, "type": "server_error", "param": None,
-                                 "code": "upstream_error"}})
 
 
 class ChatCompletionsConsumer(RelayConsumer):
@@ -189,3 +179,17 @@ class MessagesConsumer(RelayConsumer):
 
     def validate(self, body: dict[str, Any]) -> None:
         validate_messages(body)
+
+
+class RouteConsumer(FrontDoorConsumer):
+    """POST /v1/route: the decision for a request (either dialect's body), calling no serve."""
+
+    async def respond(self, raw: bytes, principal: Principal | None) -> None:
+        body = parse_json_object(raw)
+        if "messages" not in body and "prompt" not in body:
+            raise InvalidRequest("Send the body you would send to /v1/chat/completions or /v1/messages.",
+                                 param="messages")
+        decision = await make_decision(body, frozenset({"openai", "anthropic"}))
+        payload = decision.explain()
+        payload.update(unknown_model=decision.unknown_model, too_large=decision.too_large)
+        await self.send_json(200, payload)

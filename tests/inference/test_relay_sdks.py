@@ -14,6 +14,7 @@ import pytest
 
 from inference.keys import create_key
 from serves.models import Serve
+from tests.support.profiles import allow_tiers
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -34,10 +35,11 @@ def key() -> str:
 @pytest.fixture
 def serves(upstream: str) -> dict[str, Serve]:
     httpx.delete(f"{upstream}/_requests")
+    allow_tiers("fast", "heavy")  # measured and trusted: relayed without a commit window
     return {
         "oa": Serve.objects.create(name="oa", tier="fast", engine="vllm", base_url=f"{upstream}/v1",
                                    served_model="up-model"),
-        "an": Serve.objects.create(name="an", tier="cloud", engine="anthropic", dialect="anthropic",
+        "an": Serve.objects.create(name="an", tier="heavy", engine="anthropic", dialect="anthropic",
                                    base_url=f"{upstream}/v1", served_model="claude-up"),
     }
 
@@ -193,7 +195,7 @@ def test_openai_client_whole_answer_from_an_anthropic_upstream(oai: openai.OpenA
 def test_errors_surface_as_openai_exceptions(anvil: str, oai: openai.OpenAI) -> None:
     with pytest.raises(openai.AuthenticationError, match="Incorrect or revoked API key"):
         openai.OpenAI(base_url=f"{anvil}/v1", api_key="wrong", max_retries=0).models.list()
-    with pytest.raises(openai.NotFoundError, match="Serves you can name: an, oa"):
+    with pytest.raises(openai.NotFoundError, match="Serves you can name: oa, an"):
         oai.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.BadRequestError) as bad:
         oai.chat.completions.create(model="oa", messages=[])
@@ -248,9 +250,11 @@ def silent_upstream() -> Iterator[int]:
         listener.close()
 
 
-def test_an_upstream_that_never_answers_is_a_504(oai: openai.OpenAI, silent_upstream: int) -> None:
+def test_an_upstream_that_never_answers_is_a_504(anvil: str, key: str, silent_upstream: int) -> None:
     Serve.objects.create(name="mute", tier="fast", base_url=f"http://127.0.0.1:{silent_upstream}/v1",
-                         served_model="m")
+                         served_model="m")  # the only serve: nothing to fall back to
+    allow_tiers("fast")
+    oai = openai.OpenAI(base_url=f"{anvil}/v1", api_key=key, max_retries=0, timeout=20)
     started = time.monotonic()
     with pytest.raises(openai.APIStatusError) as timed_out:
         oai.chat.completions.create(model="mute", messages=[{"role": "user", "content": "hi"}])

@@ -23,11 +23,14 @@ def _answers(url: str) -> bool:
 
 
 @contextmanager
-def scripted_upstream(log_dir: Path, deltas: int = 8, delay_ms: float = 5) -> Iterator[str]:
+def scripted_upstream(log_dir: Path, deltas: int = 8, delay_ms: float = 5,
+                      force_scenario: str | None = None) -> Iterator[str]:
     """Yields the upstream's root URL (its API is under /v1)."""
     port = free_port()
     argv = [sys.executable, str(SCRIPTED_UPSTREAM), "--port", str(port), "--deltas", str(deltas),
             "--delay-ms", str(delay_ms)]
+    if force_scenario:
+        argv += ["--force-scenario", force_scenario]
     with running(argv, child_env(), log_dir / f"upstream-{port}.log") as process:
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: process.poll() is None and _answers(f"{url}/health"), 30, "the scripted upstream")

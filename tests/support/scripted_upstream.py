@@ -3,7 +3,8 @@
     python tests/support/scripted_upstream.py --port 9001 [--deltas 64 --delay-ms 20]
 
 The scenario is picked by a marker in the last user message, ``[[NAME]]``:
-text (default), tool, text+tool, error500, error400, midstream, slow, badjson.
+text (default), tool, text+tool, error500, error400, midstream, slow, badjson, truncated;
+``--force-scenario NAME`` makes every request that scenario (a serve that always misbehaves).
 Usage numbers are fixed and distinctive (prompt 11 / input 13) so tests can
 tell relayed usage from estimated usage. Every request is recorded:
 GET /_requests lists them, DELETE /_requests forgets them; a streaming
@@ -30,7 +31,12 @@ requests_seen: list[dict[str, Any]] = []
 disconnects: list[dict[str, Any]] = []
 
 
+FORCED: list[str] = []
+
+
 def scenario_of(body: dict[str, Any]) -> str:
+    if FORCED:
+        return FORCED[0]
     texts: list[str] = []
     for message in body.get("messages") or []:
         if message.get("role") != "user":
@@ -78,7 +84,7 @@ class Script:
 
     def _chat_whole(self, scenario: str, body: dict[str, Any], model: str) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": "".join(f"tok{i} " for i in range(self.deltas))}
-        finish = "stop"
+        finish = "length" if scenario == "truncated" else "stop"
         if scenario in ("tool", "text+tool", "badjson"):
             arguments = "".join(TOOL_ARGS) if scenario != "badjson" else '{"city": Paris'
             message = {"role": "assistant", "content": "Let me check." if scenario == "text+tool" else None,
@@ -97,8 +103,13 @@ class Script:
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
         await self._send(response, chunk({"role": "assistant", "content": ""}))
-        finish = "stop"
-        if scenario in ("tool", "text+tool"):
+        finish = "length" if scenario == "truncated" else "stop"
+        if scenario == "badjson":
+            await self._send(response, chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                                               "function": {"name": tool_name(body),
+                                                                            "arguments": '{"city": Paris'}}]}))
+            finish = "tool_calls"
+        elif scenario in ("tool", "text+tool"):
             first = {"index": 0, "id": "call_1", "type": "function",
                      "function": {"name": tool_name(body), "arguments": TOOL_ARGS[0]}}
             delta: dict[str, Any] = {"tool_calls": [first]}
@@ -291,7 +302,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--deltas", type=int, default=8)
     parser.add_argument("--delay-ms", type=float, default=5)
+    parser.add_argument("--force-scenario")
     args = parser.parse_args()
+    if args.force_scenario:
+        FORCED.append(args.force_scenario)
     app = build_app(args.deltas, args.delay_ms / 1000)
     # handler_cancellation: a client that goes away cancels its handler, which
     # is what the disconnect tests observe.

@@ -1,0 +1,112 @@
+"""Per-serve circuit breakers, shared by every web process through Redis.
+
+closed --(N consecutive failures)--> open --(cooldown)--> half-open: exactly one request
+is let through as a probe; its success closes the breaker, its failure opens it again.
+A probe that never reports (its process died) expires after ``probe_ttl`` and the next
+request becomes the probe. The state machine lives in Lua scripts so that the check and
+the claim of the probe are one atomic step across processes; ``MemoryBreakers`` runs the
+same rules in memory, with an injected clock, for the state-machine tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+ALLOW, PROBE, SKIP = "allow", "probe", "skip"
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    failures: int = 3
+    cooldown: float = 30.0
+    probe_ttl: float = 60.0
+
+
+class Breakers(Protocol):
+    async def allow(self, serve: str, now: float) -> str: ...
+    async def record(self, serve: str, ok: bool, now: float) -> None: ...
+    async def state(self, serve: str, now: float) -> str: ...
+
+
+class MemoryBreakers:
+    def __init__(self, config: BreakerConfig) -> None:
+        self.config = config
+        self.rows: dict[str, dict[str, float]] = {}
+
+    async def allow(self, serve: str, now: float) -> str:
+        row = self.rows.setdefault(serve, {"failures": 0, "opened": 0.0, "probe_until": 0.0, "open": 0})
+        if not row["open"]:
+            return ALLOW
+        if now - row["opened"] < self.config.cooldown:
+            return SKIP
+        if row["probe_until"] > now:
+            return SKIP  # a probe is out
+        row["probe_until"] = now + self.config.probe_ttl
+        return PROBE
+
+    async def record(self, serve: str, ok: bool, now: float) -> None:
+        row = self.rows.setdefault(serve, {"failures": 0, "opened": 0.0, "probe_until": 0.0, "open": 0})
+        if ok:
+            row.update(failures=0, open=0, probe_until=0.0)
+            return
+        row["failures"] += 1
+        if row["open"] or row["failures"] >= self.config.failures:
+            row.update(open=1, opened=now, probe_until=0.0)
+
+    async def state(self, serve: str, now: float) -> str:
+        row = self.rows.get(serve)
+        if not row or not row["open"]:
+            return "closed"
+        return "open" if now - row["opened"] < self.config.cooldown else "half-open"
+
+
+# KEYS[1] = the serve's hash; ARGV = now, cooldown, probe_ttl
+_ALLOW = """
+local open = tonumber(redis.call('HGET', KEYS[1], 'open') or '0')
+if open == 0 then return 'allow' end
+local now = tonumber(ARGV[1])
+if now - tonumber(redis.call('HGET', KEYS[1], 'opened') or '0') < tonumber(ARGV[2]) then return 'skip' end
+if tonumber(redis.call('HGET', KEYS[1], 'probe_until') or '0') > now then return 'skip' end
+redis.call('HSET', KEYS[1], 'probe_until', now + tonumber(ARGV[3]))
+return 'probe'
+"""
+# ARGV = ok (1/0), now, failures threshold
+_RECORD = """
+if ARGV[1] == '1' then
+  if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('DEL', KEYS[1]) end
+  return 0
+end
+local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+local open = tonumber(redis.call('HGET', KEYS[1], 'open') or '0')
+if open == 1 or failures >= tonumber(ARGV[3]) then
+  redis.call('HSET', KEYS[1], 'open', 1, 'opened', ARGV[2], 'probe_until', 0)
+end
+redis.call('EXPIRE', KEYS[1], 86400)
+return failures
+"""
+
+
+class RedisBreakers:
+    def __init__(self, client: object, config: BreakerConfig, prefix: str) -> None:
+        self.client = client
+        self.config = config
+        self.prefix = prefix
+        self._allow = client.register_script(_ALLOW)  # type: ignore[attr-defined]
+        self._record = client.register_script(_RECORD)  # type: ignore[attr-defined]
+
+    def _key(self, serve: str) -> str:
+        return f"{self.prefix}:breaker:{serve}"
+
+    async def allow(self, serve: str, now: float) -> str:
+        result = await self._allow(keys=[self._key(serve)], args=[now, self.config.cooldown, self.config.probe_ttl])
+        return result.decode() if isinstance(result, bytes) else str(result)
+
+    async def record(self, serve: str, ok: bool, now: float) -> None:
+        await self._record(keys=[self._key(serve)], args=[1 if ok else 0, now, self.config.failures])
+
+    async def state(self, serve: str, now: float) -> str:
+        row = await self.client.hgetall(self._key(serve))  # type: ignore[attr-defined]
+        if not row or row.get(b"open") != b"1":
+            return "closed"
+        return "open" if now - float(row.get(b"opened", 0)) < self.config.cooldown else "half-open"

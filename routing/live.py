@@ -1,0 +1,72 @@
+"""The routing state a web process keeps: profile and classifier rules in snapshots, the policy
+config from settings, and the Redis-shared circuit breakers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+
+import redis.asyncio
+from django.conf import settings
+
+from anvil_site.snapshots import Snapshot
+from routing.breaker import ALLOW, BreakerConfig, RedisBreakers
+from routing.classifier import DEFAULT_RULES, Rule
+from routing.models import ClassifierRule, ProfileEntry
+from routing.policy import PolicyConfig
+from routing.profile import Profile, load_live_profile
+
+log = logging.getLogger(__name__)
+
+
+def _load_rules() -> tuple[Rule, ...]:
+    rows = list(ClassifierRule.objects.filter(enabled=True))
+    if not rows and not ClassifierRule.objects.exists():
+        # A fresh database before the data migration has run: the built-in rules.
+        return tuple(Rule.build(wc, prio, words) for wc, (prio, words) in DEFAULT_RULES.items())
+    return tuple(Rule.build(row.work_class, row.priority, row.keyword_list()) for row in rows)
+
+
+PROFILE: Snapshot[Profile] = Snapshot(ProfileEntry, load_live_profile, lambda: settings.ANVIL_PROFILE_SYNC_INTERVAL)
+RULES: Snapshot[tuple[Rule, ...]] = Snapshot(ClassifierRule, _load_rules,
+                                             lambda: settings.ANVIL_PROFILE_SYNC_INTERVAL)
+
+
+def policy_config() -> PolicyConfig:
+    return PolicyConfig(tuple(settings.ANVIL_TIER_ORDER), frozenset(settings.ANVIL_CLOUD_WORK_CLASSES))
+
+
+def breaker_config() -> BreakerConfig:
+    return BreakerConfig(settings.ANVIL_BREAKER_FAILURES, settings.ANVIL_BREAKER_COOLDOWN,
+                         settings.ANVIL_BREAKER_PROBE_TTL)
+
+
+_breakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RedisBreakers] = weakref.WeakKeyDictionary()
+
+
+def breakers() -> RedisBreakers:
+    loop = asyncio.get_running_loop()
+    found = _breakers.get(loop)
+    if found is None:
+        client = redis.asyncio.from_url(settings.REDIS_URL, socket_timeout=settings.ANVIL_REDIS_TIMEOUT,
+                                        socket_connect_timeout=settings.ANVIL_REDIS_TIMEOUT)
+        found = _breakers[loop] = RedisBreakers(client, breaker_config(), settings.ANVIL_REDIS_PREFIX)
+    return found
+
+
+async def breaker_allows(serve: str) -> str:
+    """allow | probe | skip. Redis unreachable: allow (breakers must not become the outage)."""
+    try:
+        return await breakers().allow(serve, time.time())
+    except Exception:
+        log.warning("circuit breakers unavailable (Redis); allowing %s", serve, exc_info=True)
+        return ALLOW
+
+
+async def breaker_record(serve: str, ok: bool) -> None:
+    try:
+        await breakers().record(serve, ok, time.time())
+    except Exception:
+        log.warning("could not record a breaker outcome for %s (Redis)", serve, exc_info=True)

@@ -1,0 +1,109 @@
+"""The policy: from the enabled serves to an ordered list of candidates, each with its verdict and notes.
+
+1. hard constraints: the context must fit (nothing fits -> ``too_large``, a 413), tools
+   must be supported;
+2. the metered-cloud gate: metered tiers only for the work classes allowed to use them;
+3. the deny filter (fail-closed): a serve the profile denies is never a candidate;
+4. order by tier cost, and within a tier the resident (already running) serve first, so a
+   request does not force a model swap that another serve could avoid;
+5. not confident -> the pool collapses to the safer (most capable) tier present;
+6. a pin (a serve or tier named as ``model``) is a preference: it goes first when it is
+   allowed; when it is not, the request goes to the gated pool with a note saying why.
+Availability (open circuits, serves that are down) is judged per attempt, after this:
+it can skip a candidate but never add one the gate removed. Pure; never raises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from routing.profile import DENY, Profile, is_metered
+from serves.catalog import ServeView
+
+
+@dataclass(frozen=True)
+class Candidate:
+    serve: ServeView
+    verdict: str = "allow"
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PolicyInput:
+    work_class: str
+    confident: bool = True
+    needed_tokens: int = 0
+    needs_tools: bool = False
+    pinned_serve: str | None = None
+    pinned_tier: str | None = None
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    tier_order: tuple[str, ...] = ("fast", "heavy", "cloud")
+    cloud_work_classes: frozenset[str] = frozenset({"planning", "multi-file-refactor", "review", "long-context"})
+
+
+@dataclass(frozen=True)
+class Route:
+    candidates: tuple[Candidate, ...]
+    excluded: tuple[tuple[str, str], ...] = ()  # (serve, why)
+    too_large: bool = False
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def tier_rank(tier: str, config: PolicyConfig) -> int:
+    return config.tier_order.index(tier) if tier in config.tier_order else len(config.tier_order)
+
+
+def route(serves: tuple[ServeView, ...], profile: Profile, request: PolicyInput, config: PolicyConfig) -> Route:
+    candidates: list[Candidate] = []
+    excluded: list[tuple[str, str]] = []
+    fits_context = 0
+    for serve in serves:
+        if serve.context_limit and request.needed_tokens > serve.context_limit:
+            needed, limit = request.needed_tokens, serve.context_limit
+            excluded.append((serve.name, f"context: needs ~{needed} tokens, limit {limit}"))
+            continue
+        fits_context += 1
+        if request.needs_tools and not serve.supports_tools:
+            excluded.append((serve.name, "tools: the serve cannot answer tool calls"))
+            continue
+        if is_metered(serve) and request.work_class not in config.cloud_work_classes:
+            excluded.append((serve.name, f"metered gate: {request.work_class} may not use tier {serve.tier}"))
+            continue
+        verdict, notes = profile.verdict(serve, request.work_class)
+        if verdict == DENY:
+            excluded.append((serve.name, "; ".join(notes) or "denied"))
+            continue
+        candidates.append(Candidate(serve, verdict, notes))
+    notes: list[str] = []
+    if serves and not fits_context:
+        return Route((), tuple(excluded), too_large=True, notes=("no serve's context fits this request",))
+
+    resident = {c.serve.name for c in candidates if c.serve.state == "running" or not c.serve.is_local}
+    candidates.sort(key=lambda c: (tier_rank(c.serve.tier, config), c.serve.name not in resident, c.serve.name))
+
+    pinned = [c for c in candidates if c.serve.name == request.pinned_serve] if request.pinned_serve else []
+    if not request.confident and candidates:
+        safest = max(tier_rank(c.serve.tier, config) for c in candidates)
+        kept = [c for c in candidates if tier_rank(c.serve.tier, config) == safest]
+        if len(kept) < len(candidates):
+            notes.append(f"not confident: pool collapsed to tier {kept[0].serve.tier}")
+        candidates = kept
+
+    if request.pinned_serve:
+        if pinned:  # an allowed pin survives the collapse: the caller chose it
+            candidates = pinned + [c for c in candidates if c.serve.name != request.pinned_serve]
+            notes.append(f"pinned to serve {request.pinned_serve}")
+        else:
+            why = dict(excluded).get(request.pinned_serve, "not in the pool")
+            notes.append(f"pin {request.pinned_serve} denied ({why}); routed to the gated pool")
+    elif request.pinned_tier:
+        first = [c for c in candidates if c.serve.tier == request.pinned_tier]
+        if first:
+            candidates = first + [c for c in candidates if c.serve.tier != request.pinned_tier]
+            notes.append(f"pinned to tier {request.pinned_tier}")
+        else:
+            notes.append(f"pin to tier {request.pinned_tier} denied (no allowed serve in it); routed to the gated pool")
+    return Route(tuple(candidates), tuple(excluded), False, tuple(notes))

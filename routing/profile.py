@@ -1,0 +1,76 @@
+"""The quality profile: a verdict for every (serve, work class), measured where it can be, defaulted where not.
+
+Lookup: the serve's own entry, else its tier's, else the default:
+  a metered (cloud) tier            -> allow
+  an unmeasured local tier on
+  planning or multi-file-refactor   -> deny (fail-closed)
+  anything else                     -> allow-with-verify
+An ``allow`` that is stale (its serve's identity changed since it was measured,
+or marked stale) acts as ``allow-with-verify``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+from serves.catalog import ServeView
+
+HIGH_RISK_CLASSES = frozenset({"planning", "multi-file-refactor"})
+ALLOW, VERIFY, DENY = "allow", "allow-with-verify", "deny"
+
+
+@dataclass(frozen=True)
+class Cell:
+    decision: str
+    quality: float | None = None
+    samples: int = 0
+    fingerprint: str = ""
+    stale: bool = False
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Profile:
+    serves: dict[tuple[str, str], Cell] = field(default_factory=dict)
+    tiers: dict[tuple[str, str], Cell] = field(default_factory=dict)
+
+    def verdict(self, serve: ServeView, work_class: str) -> tuple[str, tuple[str, ...]]:
+        cell = self.serves.get((serve.name, work_class))
+        where = f"serve {serve.name}"
+        if cell is None:
+            cell = self.tiers.get((serve.tier, work_class))
+            where = f"tier {serve.tier}"
+        if cell is None:
+            return default_verdict(serve, work_class)
+        notes = [f"profile: {where} on {work_class} = {cell.decision}"
+                 + (f" (quality {cell.quality:.2f}, {cell.samples} samples)" if cell.quality is not None else "")]
+        stale = cell.stale or (where.startswith("serve") and cell.fingerprint and cell.fingerprint != serve.fingerprint)
+        if stale and cell.decision == ALLOW:
+            notes.append("stale measurement: allow acts as allow-with-verify")
+            return VERIFY, tuple(notes)
+        return cell.decision, tuple(notes)
+
+
+def is_metered(serve: ServeView) -> bool:
+    return serve.tier in settings.ANVIL_METERED_TIERS
+
+
+def default_verdict(serve: ServeView, work_class: str) -> tuple[str, tuple[str, ...]]:
+    if is_metered(serve):
+        return ALLOW, (f"default: metered tier {serve.tier} is allowed",)
+    if work_class in HIGH_RISK_CLASSES:
+        return DENY, (f"default: unmeasured local tier {serve.tier} is denied {work_class} (fail-closed)",)
+    return VERIFY, (f"default: unmeasured tier {serve.tier} answers {work_class} with verification",)
+
+
+def load_live_profile() -> Profile:
+    from routing.models import ProfileEntry
+
+    serves: dict[tuple[str, str], Cell] = {}
+    tiers: dict[tuple[str, str], Cell] = {}
+    for entry in ProfileEntry.objects.filter(profile=ProfileEntry.Profile.LIVE):
+        cell = Cell(entry.decision, entry.quality, entry.samples, entry.fingerprint, entry.stale, entry.source)
+        (serves if entry.kind == ProfileEntry.Kind.SERVE else tiers)[(entry.subject, entry.work_class)] = cell
+    return Profile(serves, tiers)

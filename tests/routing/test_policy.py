@@ -1,0 +1,126 @@
+"""The policy: examples, and properties that must hold for every input (hypothesis)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from routing.policy import PolicyConfig, PolicyInput, route
+from routing.profile import Cell, Profile
+from serves.catalog import ServeView
+
+CONFIG = PolicyConfig()
+WORK_CLASSES = ["chat", "bounded-edit", "multi-file-refactor", "planning", "review", "long-context"]
+
+
+def serve(name: str, tier: str = "fast", context: int | None = None, tools: bool = True, state: str = "running",
+          local: bool = True) -> ServeView:
+    return ServeView(id=hash(name) % 1000, name=name, tier=tier, engine="vllm", dialect="openai",
+                     base_url="http://127.0.0.1:1/v1", served_model=name, api_key_env="", context_limit=context,
+                     supports_tools=tools, fingerprint="f", extra_body={}, is_local=local, state=state,
+                     health="ok", created=0)
+
+
+def test_unmeasured_local_tiers_are_denied_planning_and_cloud_allowed() -> None:
+    serves = (serve("fast-1"), serve("claude", tier="cloud", local=False))
+    result = route(serves, Profile(), PolicyInput("planning"), CONFIG)
+    assert [c.serve.name for c in result.candidates] == ["claude"]
+    assert dict(result.excluded)["fast-1"].startswith("default: unmeasured local tier")
+
+
+def test_metered_gate_keeps_cloud_out_of_chat() -> None:
+    serves = (serve("fast-1"), serve("claude", tier="cloud", local=False))
+    result = route(serves, Profile(), PolicyInput("chat"), CONFIG)
+    assert [c.serve.name for c in result.candidates] == ["fast-1"]
+    assert result.candidates[0].verdict == "allow-with-verify"
+
+
+def test_cost_order_then_residency() -> None:
+    serves = (serve("heavy-1", tier="heavy"), serve("fast-cold", state="exited"), serve("fast-warm"))
+    profile = Profile(tiers={("fast", "chat"): Cell("allow"), ("heavy", "chat"): Cell("allow")})
+    names = [c.serve.name for c in route(serves, profile, PolicyInput("chat"), CONFIG).candidates]
+    assert names == ["fast-warm", "fast-cold", "heavy-1"]
+
+
+def test_not_confident_collapses_to_the_safer_tier() -> None:
+    serves = (serve("fast-1"), serve("heavy-1", tier="heavy"))
+    result = route(serves, Profile(), PolicyInput("chat", confident=False), CONFIG)
+    assert [c.serve.name for c in result.candidates] == ["heavy-1"]
+
+
+def test_nothing_fits_the_context_is_too_large() -> None:
+    result = route((serve("small", context=100),), Profile(), PolicyInput("chat", needed_tokens=5000), CONFIG)
+    assert result.too_large and not result.candidates
+
+
+def test_a_denied_pin_goes_to_the_gated_pool_with_a_note() -> None:
+    serves = (serve("fast-1"), serve("claude", tier="cloud", local=False))
+    result = route(serves, Profile(), PolicyInput("chat", pinned_serve="claude"), CONFIG)
+    assert [c.serve.name for c in result.candidates] == ["fast-1"]
+    assert any("pin claude denied" in note for note in result.notes)
+
+
+def test_a_stale_allow_acts_as_allow_with_verify() -> None:
+    profile = Profile(serves={("fast-1", "chat"): Cell("allow", fingerprint="old")})
+    result = route((serve("fast-1"),), profile, PolicyInput("chat"), CONFIG)
+    assert result.candidates[0].verdict == "allow-with-verify"
+
+
+# --- properties ------------------------------------------------------------------------
+
+verdicts = st.sampled_from(["allow", "allow-with-verify", "deny"])
+tiers = st.sampled_from(["fast", "heavy", "cloud", "other"])
+
+
+@st.composite
+def worlds(draw):  # type: ignore[no-untyped-def]
+    names = draw(st.lists(st.text("abcdefgh", min_size=1, max_size=4), min_size=0, max_size=6, unique=True))
+    serves = tuple(serve(n, tier=draw(tiers), context=draw(st.none() | st.integers(1, 10_000)),
+                         tools=draw(st.booleans()), state=draw(st.sampled_from(["running", "exited"])))
+                   for n in names)
+    cells = {}
+    for s in serves:
+        for work_class in WORK_CLASSES:
+            if draw(st.booleans()):
+                cells[(s.name, work_class)] = Cell(draw(verdicts), fingerprint=draw(st.sampled_from(["f", "old"])))
+    request = PolicyInput(draw(st.sampled_from(WORK_CLASSES)), draw(st.booleans()), draw(st.integers(0, 12_000)),
+                          draw(st.booleans()), draw(st.none() | st.sampled_from(names or ["x"])))
+    return serves, Profile(serves=cells), request
+
+
+@settings(max_examples=300, deadline=None)
+@given(worlds())
+def test_never_returns_a_denied_serve(world) -> None:  # type: ignore[no-untyped-def]
+    serves, profile, request = world
+    for candidate in route(serves, profile, request, CONFIG).candidates:
+        verdict, _ = profile.verdict(candidate.serve, request.work_class)
+        assert verdict != "deny" and candidate.verdict != "deny"
+
+
+@settings(max_examples=300, deadline=None)
+@given(worlds())
+def test_never_empty_while_an_allowed_serve_that_fits_exists(world) -> None:  # type: ignore[no-untyped-def]
+    serves, profile, request = world
+    result = route(serves, profile, request, CONFIG)
+    allowed = [
+        s for s in serves
+        if not (s.context_limit and request.needed_tokens > s.context_limit)
+        and not (request.needs_tools and not s.supports_tools)
+        and not (s.tier == "cloud" and request.work_class not in CONFIG.cloud_work_classes)
+        and profile.verdict(s, request.work_class)[0] != "deny"
+    ]
+    assert bool(result.candidates) == bool(allowed)
+
+
+@settings(max_examples=300, deadline=None)
+@given(worlds())
+def test_an_allowed_pin_comes_first(world) -> None:  # type: ignore[no-untyped-def]
+    serves, profile, request = world
+    result = route(serves, profile, request, CONFIG)
+    allowed_names = {c.serve.name for c in route(serves, profile,
+                                                 PolicyInput(request.work_class, True, request.needed_tokens,
+                                                             request.needs_tools), CONFIG).candidates}
+    if request.pinned_serve in allowed_names:
+        assert result.candidates[0].serve.name == request.pinned_serve
+    elif request.pinned_serve is not None:
+        assert request.pinned_serve not in {c.serve.name for c in result.candidates}
