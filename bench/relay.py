@@ -131,6 +131,13 @@ def stack(work: Path, with_litellm: bool):
         manifest.write_text(f'[[serve]]\nname = "fast"\nengine = "vllm"\nbase_url = "{up}/v1"\nmodel = "up-model"\n')
         subprocess.run([*manage, "serves", "import", str(manifest)], env=env, check=True, timeout=60,
                        capture_output=True)
+        # The serve is measured and trusted (allow): relayed as it streams, no commit window.
+        profile = work / "profile.json"
+        profile.write_text(json.dumps({"schema_version": 2, "entries": [
+            {"kind": "tier", "subject": "fast", "work_class": wc, "decision": "allow", "quality": 0.9, "samples": 50}
+            for wc in ("chat", "bounded-edit", "review", "planning", "multi-file-refactor", "long-context")]}))
+        subprocess.run([*manage, "profile", "import", str(profile), "--profile", "live"], env=env, check=True,
+                       timeout=60, capture_output=True)
         anvil_port = free_port()
         anvil = stack.enter_context(spawn([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(anvil_port),
                                            "-v", "0", "anvil_site.asgi:application"], env, work / "anvil.log"))

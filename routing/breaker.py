@@ -5,7 +5,9 @@ is let through as a probe; its success closes the breaker, its failure opens it 
 A probe that never reports (its process died) expires after ``probe_ttl`` and the next
 request becomes the probe. The state machine lives in Lua scripts so that the check and
 the claim of the probe are one atomic step across processes; ``MemoryBreakers`` runs the
-same rules in memory, with an injected clock, for the state-machine tests.
+same rules in memory, with an injected clock, for the state-machine tests. A set of
+"troubled" serves (any failure on record) lets a web process skip Redis entirely for the
+healthy ones (``routing.live`` mirrors it).
 """
 
 from __future__ import annotations
@@ -71,12 +73,14 @@ if tonumber(redis.call('HGET', KEYS[1], 'probe_until') or '0') > now then return
 redis.call('HSET', KEYS[1], 'probe_until', now + tonumber(ARGV[3]))
 return 'probe'
 """
-# ARGV = ok (1/0), now, failures threshold
+# KEYS[2] = the set of serves with any failure on record; ARGV = ok (1/0), now, failures threshold, serve
 _RECORD = """
 if ARGV[1] == '1' then
-  if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('DEL', KEYS[1]) end
+  redis.call('DEL', KEYS[1])
+  redis.call('SREM', KEYS[2], ARGV[4])
   return 0
 end
+redis.call('SADD', KEYS[2], ARGV[4])
 local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
 local open = tonumber(redis.call('HGET', KEYS[1], 'open') or '0')
 if open == 1 or failures >= tonumber(ARGV[3]) then
@@ -98,12 +102,22 @@ class RedisBreakers:
     def _key(self, serve: str) -> str:
         return f"{self.prefix}:breaker:{serve}"
 
+    @property
+    def troubled_key(self) -> str:
+        return f"{self.prefix}:breakers:troubled"
+
     async def allow(self, serve: str, now: float) -> str:
         result = await self._allow(keys=[self._key(serve)], args=[now, self.config.cooldown, self.config.probe_ttl])
         return result.decode() if isinstance(result, bytes) else str(result)
 
     async def record(self, serve: str, ok: bool, now: float) -> None:
-        await self._record(keys=[self._key(serve)], args=[1 if ok else 0, now, self.config.failures])
+        await self._record(keys=[self._key(serve), self.troubled_key],
+                           args=[1 if ok else 0, now, self.config.failures, serve])
+
+    async def troubled(self) -> set[str]:
+        """The serves with any failure on record: the only ones whose breaker needs asking."""
+        members = await self.client.smembers(self.troubled_key)  # type: ignore[attr-defined]
+        return {m.decode() if isinstance(m, bytes) else str(m) for m in members}
 
     async def state(self, serve: str, now: float) -> str:
         row = await self.client.hgetall(self._key(serve))  # type: ignore[attr-defined]

@@ -56,8 +56,50 @@ def breakers() -> RedisBreakers:
     return found
 
 
+class TroubledMirror:
+    """This process's copy of the serves with failures on record, refreshed in the background.
+
+    A healthy serve (not in the set) is allowed, and its successes recorded, without a Redis
+    round trip. A failure anywhere puts the serve in the set; every process sees it within
+    ``REFRESH_SECONDS`` and from then on asks Redis, where the state machine is atomic.
+    """
+
+    REFRESH_SECONDS = 0.25
+
+    def __init__(self) -> None:
+        self.serves: set[str] = set()
+        self.refreshed_at = float("-inf")
+        self.task: asyncio.Task[None] | None = None
+
+    def troubled(self, serve: str) -> bool:
+        now = time.monotonic()
+        if now - self.refreshed_at >= self.REFRESH_SECONDS and (self.task is None or self.task.done()):
+            self.refreshed_at = now
+            self.task = asyncio.ensure_future(self._refresh())
+        return serve in self.serves
+
+    async def _refresh(self) -> None:
+        try:
+            self.serves = await breakers().troubled()
+        except Exception:
+            log.warning("could not read circuit breaker state (Redis)", exc_info=True)
+
+
+_mirrors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TroubledMirror] = weakref.WeakKeyDictionary()
+
+
+def mirror() -> TroubledMirror:
+    loop = asyncio.get_running_loop()
+    found = _mirrors.get(loop)
+    if found is None:
+        found = _mirrors[loop] = TroubledMirror()
+    return found
+
+
 async def breaker_allows(serve: str) -> str:
     """allow | probe | skip. Redis unreachable: allow (breakers must not become the outage)."""
+    if not mirror().troubled(serve):
+        return ALLOW
     try:
         return await breakers().allow(serve, time.time())
     except Exception:
@@ -66,6 +108,11 @@ async def breaker_allows(serve: str) -> str:
 
 
 async def breaker_record(serve: str, ok: bool) -> None:
+    known = mirror()
+    if ok and not known.troubled(serve):
+        return  # nothing on record to reset
+    if not ok:
+        known.serves.add(serve)  # this process asks Redis about it from now on
     try:
         await breakers().record(serve, ok, time.time())
     except Exception:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import httpx
 import openai
 import pytest
+from django.forms.models import model_to_dict
 
 from inference.keys import create_key
 from routing.models import DecisionRecord
@@ -76,6 +78,8 @@ def test_the_client_sees_only_the_second_serve(anvil: str, client: openai.OpenAI
     else:
         assert record.attempts[0]["status"] == 500
     assert record.served_by == second and record.prompt_tokens == 11 and record.completion_tokens == 8
+    stored = json.dumps(model_to_dict(record), default=str)
+    assert content not in stored and "weather" not in stored  # metadata only, never the prompt
 
 
 @pytest.mark.parametrize("failure", ["error500", "truncated", "badjson"])
