@@ -174,6 +174,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env.env_float("ANVIL_STATUS_SWEEP_SECONDS", 60.0, minimum=5.0),
         "options": {"expires": 55},  # a sweep that could not start in time is skipped, not queued up
     },
+    "routing-drain-decisions": {"task": "routing.drain_decisions", "schedule": 1.0, "options": {"expires": 5}},
     "routing-prune-decisions": {"task": "routing.prune_decisions", "schedule": 3600.0},
     "routing-mark-stale-profiles": {"task": "routing.mark_stale_profiles", "schedule": 60.0,
                                     "options": {"expires": 55}},

@@ -8,6 +8,7 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
+from routing.decision_log import drain_decisions
 from routing.models import DecisionRecord
 from routing.staleness import mark_stale_profiles
 
@@ -44,3 +45,8 @@ def prune_decisions() -> int:
 @shared_task(name="routing.mark_stale_profiles", time_limit=120, soft_time_limit=90)
 def mark_stale() -> int:
     return mark_stale_profiles()
+
+
+@shared_task(name="routing.drain_decisions", time_limit=60, soft_time_limit=50)
+def drain_decision_queue() -> int:
+    return drain_decisions()

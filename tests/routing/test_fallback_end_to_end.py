@@ -11,6 +11,7 @@ import pytest
 from django.forms.models import model_to_dict
 
 from inference.keys import create_key
+from routing.decision_log import drain_decisions
 from routing.models import DecisionRecord
 from serves.models import Serve
 from tests.support.waiting import wait_for
@@ -49,8 +50,13 @@ def two_serves(anvil: str, bad_url: str, good_url: str, extra: tuple[Serve, ...]
 
 
 def record_for(request_id: str) -> DecisionRecord:
-    return wait_for(lambda: DecisionRecord.objects.filter(request_id=request_id).first(), 10,
-                    "the decision record to be written")
+    """The request's decision record, drained from Redis as the Celery task does every second."""
+
+    def written() -> DecisionRecord | None:
+        drain_decisions()
+        return DecisionRecord.objects.filter(request_id=request_id).first()
+
+    return wait_for(written, 10, "the decision record to be written")
 
 
 @pytest.mark.parametrize(("failure", "label"), [("error500", None), ("truncated", "truncated"),

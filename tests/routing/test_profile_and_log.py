@@ -14,7 +14,7 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 from django.utils import timezone
 
-from routing.decision_log import DecisionLog
+from routing.decision_log import DecisionLog, drain_decisions
 from routing.models import DecisionRecord, ProfileEntry
 from routing.staleness import mark_stale_profiles
 from routing.tasks import prune_decision_log
@@ -71,18 +71,23 @@ def test_admin_matrix_colours_measured_and_default_verdicts() -> None:
     assert 'data-verdict="allow-with-verify"' in page  # default: chat
 
 
-def test_decision_log_batches_and_refuses_anything_but_metadata() -> None:
+def test_decision_log_goes_through_redis_in_batches_and_refuses_anything_but_metadata(redis_server: str) -> None:
+    drain_decisions()  # whatever an earlier test left queued
+    DecisionRecord.objects.all().delete()
     log = DecisionLog()
-    with pytest.raises(ValueError, match="prompt"):
-        log.append({"request_id": "r", "endpoint": "chat", "prompt": "secret plans"})
 
     async def write() -> None:
-        for i in range(450):
+        with pytest.raises(ValueError, match="prompt"):
+            log.append({"request_id": "r", "endpoint": "chat", "prompt": "secret plans"})
+        for i in range(4500):
             log.append({"request_id": f"r{i}", "endpoint": "chat", "served_by": "fast"})
-        await log.drain()
+        assert await log.push() == 4500  # one RPUSH
 
     async_to_sync(write)()
-    assert DecisionRecord.objects.count() == 450
+    assert DecisionRecord.objects.count() == 0  # nothing written by the web process itself
+    assert drain_decisions() == 4500
+    assert DecisionRecord.objects.count() == 4500
+    assert drain_decisions() == 0
 
 
 def test_decision_log_retention_by_age_and_count() -> None:
