@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "anvil_site.settings")
@@ -38,6 +39,11 @@ from inference.consumers.relay import (  # noqa: E402
 )
 
 fail_fast("Anvil's web process")
+
+# Everything imported so far lives as long as the process: move it out of the collector's
+# way, so a full collection scans only what requests create (shorter pauses under load).
+gc.collect()
+gc.freeze()
 
 front_door_unknown = UnknownRouteConsumer.as_asgi()
 

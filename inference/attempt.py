@@ -23,7 +23,14 @@ from inference.errors import (
     UpstreamTimeout,
 )
 from inference.exchange import Exchange
-from inference.relay import UpstreamError, UpstreamTimedOut, chunks, open_upstream, read_capped
+from inference.relay import (
+    UpstreamError,
+    UpstreamRequest,
+    UpstreamTimedOut,
+    chunks,
+    open_upstream,
+    read_capped,
+)
 from routing.dialects import UpstreamProtocolError
 from routing.dialects.answers import StreamAccumulator, from_anthropic, from_openai, usage_of
 from routing.dialects.sse import SSEDecoder, SSEEvent, encode
@@ -76,11 +83,12 @@ def expectations(body: dict[str, Any]) -> Expectations:
     return Expectations(limit, names, choice)
 
 
-async def run_attempt(consumer: Any, exchange: Exchange, *, verify: bool) -> AttemptOutcome:
+async def run_attempt(consumer: Any, exchange: Exchange, request: UpstreamRequest, *,
+                      verify: bool) -> AttemptOutcome:
     out = AttemptOutcome(exchange.serve.name)
     name = exchange.serve.name
     try:
-        async with open_upstream(exchange.upstream_request()) as upstream:
+        async with open_upstream(request) as upstream:
             out.status = upstream.status
             if upstream.status >= 400:
                 await _upstream_error(consumer, exchange, out, await read_capped(upstream, ERROR_BODY_LIMIT))

@@ -121,12 +121,12 @@ class RelayConsumer(FrontDoorConsumer):
             exchange = Exchange(self.dialect, self.endpoint, body, serve, self.request_id,
                                 dict(self.scope["headers"]))
             try:
-                exchange.upstream_request()
+                request = exchange.upstream_request()
             except DialectError as exc:
                 raise InvalidRequest(f"{exc.message} (serve {serve.name} speaks {serve.dialect}).",
                                      param=exc.param) from None
             self.served_by = serve.name.encode()
-            outcome = await run_attempt(self, exchange, verify=candidate.verdict == "allow-with-verify")
+            outcome = await run_attempt(self, exchange, request, verify=candidate.verdict == "allow-with-verify")
             await live.breaker_record(serve.name, not outcome.upstream_failed)
             attempts.append(outcome.as_log())
             if outcome.committed:
