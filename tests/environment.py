@@ -12,4 +12,5 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 os.environ.setdefault("ANVIL_VAR_DIR", str(ROOT / "var" / "test"))
-os.environ.setdefault("ANVIL_REDIS_PREFIX", "anvil-test")
+# One prefix per run: breakers and queues left in a shared Redis by an earlier run don't leak in.
+os.environ.setdefault("ANVIL_REDIS_PREFIX", f"anvil-test-{os.getpid()}")

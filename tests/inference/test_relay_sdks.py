@@ -14,6 +14,7 @@ import pytest
 
 from inference.keys import create_key
 from serves.models import Serve
+from tests.support.live import until_routed
 from tests.support.profiles import allow_tiers
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -45,12 +46,18 @@ def serves(upstream: str) -> dict[str, Serve]:
 
 
 @pytest.fixture
-def oai(anvil: str, key: str, serves: dict[str, Serve]) -> openai.OpenAI:
+def routed(anvil: str, key: str, serves: dict[str, Serve]) -> dict[str, Serve]:
+    until_routed(anvil, key, {"oa": "allow", "an": "allow"})
+    return serves
+
+
+@pytest.fixture
+def oai(anvil: str, key: str, routed: dict[str, Serve]) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{anvil}/v1", api_key=key, max_retries=0, timeout=20)
 
 
 @pytest.fixture
-def anth(anvil: str, key: str, serves: dict[str, Serve]) -> anthropic.Anthropic:
+def anth(anvil: str, key: str, routed: dict[str, Serve]) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=anvil, api_key=key, max_retries=0, timeout=20)
 
 
@@ -254,6 +261,7 @@ def test_an_upstream_that_never_answers_is_a_504(anvil: str, key: str, silent_up
     Serve.objects.create(name="mute", tier="fast", base_url=f"http://127.0.0.1:{silent_upstream}/v1",
                          served_model="m")  # the only serve: nothing to fall back to
     allow_tiers("fast")
+    until_routed(anvil, key, {"mute": "allow"})
     oai = openai.OpenAI(base_url=f"{anvil}/v1", api_key=key, max_retries=0, timeout=20)
     started = time.monotonic()
     with pytest.raises(openai.APIStatusError) as timed_out:
@@ -262,7 +270,7 @@ def test_an_upstream_that_never_answers_is_a_504(anvil: str, key: str, silent_up
     assert time.monotonic() - started < 10  # ANVIL_UPSTREAM_READ_TIMEOUT=2 for this server
 
 
-def test_over_the_per_key_cap_is_a_429(anvil: str, key: str, serves: dict[str, Serve]) -> None:
+def test_over_the_per_key_cap_is_a_429(anvil: str, key: str, routed: dict[str, Serve]) -> None:
     streams = []
     client = httpx.Client(timeout=30)
     try:

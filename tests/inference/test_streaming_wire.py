@@ -12,6 +12,7 @@ import pytest
 
 from inference.keys import create_key
 from serves.models import Serve
+from tests.support.live import until_routed
 from tests.support.profiles import allow_tiers
 from tests.support.waiting import wait_for
 
@@ -46,13 +47,15 @@ def http_chunks(url: str, path: str, key: str, body: dict) -> tuple[dict[str, st
 
 
 @pytest.fixture
-def setup(upstream: str) -> str:
+def setup(anvil: str, upstream: str) -> str:
     httpx.delete(f"{upstream}/_requests")
     allow_tiers("fast", "heavy")  # measured and trusted: relayed without a commit window
     Serve.objects.create(name="oa", tier="fast", base_url=f"{upstream}/v1", served_model="up-model")
     Serve.objects.create(name="an", tier="heavy", engine="anthropic", dialect="anthropic",
                          base_url=f"{upstream}/v1", served_model="claude-up")
-    return create_key("wire").secret
+    key = create_key("wire").secret
+    until_routed(anvil, key, {"oa": "allow", "an": "allow"})
+    return key
 
 
 def test_same_dialect_stream_sends_each_upstream_event_as_its_own_chunk(anvil: str, setup: str) -> None:

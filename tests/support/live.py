@@ -54,3 +54,19 @@ def live_anvil(log_dir: Path, **env: str) -> Iterator[str]:
 
         wait_for(ready, 60, "Anvil under Daphne to be ready")
         yield url
+
+
+def until_routed(anvil: str, key: str, expected: dict[str, str], timeout: float = 10) -> None:
+    """Wait until Anvil's web process (which refreshes serves and profile in the background) routes
+    each named serve with the expected verdict when pinned."""
+
+    def routed() -> bool:
+        for serve, verdict in expected.items():
+            decision = httpx.post(f"{anvil}/v1/route", headers={"x-api-key": key}, timeout=5, json={
+                "model": serve, "messages": [{"role": "user", "content": "hi"}]}).json()
+            first = (decision.get("candidates") or [{}])[0]
+            if (first.get("serve"), first.get("verdict")) != (serve, verdict):
+                return False
+        return True
+
+    wait_for(routed, timeout, f"Anvil to route {expected}")
