@@ -244,6 +244,10 @@ LOGGING = {
         "django": {"level": "INFO" if LOG_LEVEL == "DEBUG" else LOG_LEVEL},
         "daphne": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},  # one INFO line per request is noise
+        # The decision-log drain runs every second: a line per task run would bury everything else.
+        "celery.app.trace": {"level": "WARNING"},
+        "celery.worker.strategy": {"level": "WARNING"},
+        "celery.beat": {"level": "WARNING"},
     },
 }
 
