@@ -79,10 +79,21 @@ class Attention(nn.Module):
         self.out = nn.Linear(config.d_model, config.d_model, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: HRMCache | None,
-                slot: int, start: int) -> torch.Tensor:
+                slot: int, start: int, positions: torch.Tensor | None = None) -> torch.Tensor:
         batch, steps, width = x.shape  # (B, T, C)
         q, k, v = self.qkv(x).view(batch, steps, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (B, H, T, D)
+        if positions is not None:
+            # Batched decode: one new token per row, each row at its own position.
+            assert cache is not None and steps == 1
+            rows = torch.arange(batch, device=x.device)
+            cache.keys[slot, rows, :, positions] = k[:, :, 0]
+            cache.values[slot, rows, :, positions] = v[:, :, 0]
+            span = int(positions.max()) + 1
+            keys, values = cache.keys[slot, :batch, :, :span], cache.values[slot, :batch, :, :span]
+            visible = torch.arange(span, device=x.device)[None, :] <= positions[:, None]  # (B, span)
+            attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None, None, :])
+            return self.out(attended.transpose(1, 2).reshape(batch, steps, width))
         if cache is not None:
             cache.keys[slot, :, :, start:start + steps] = k
             cache.values[slot, :, :, start:start + steps] = v
@@ -119,8 +130,8 @@ class Block(nn.Module):
         self.norm1, self.norm2 = RMSNorm(config.d_model, config.norm_eps), RMSNorm(config.d_model, config.norm_eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: HRMCache | None, slot: int,
-                start: int) -> torch.Tensor:
-        x = self.norm1(x + self.attention(x, cos, sin, cache, slot, start))
+                start: int, positions: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.norm1(x + self.attention(x, cos, sin, cache, slot, start, positions))
         return self.norm2(x + self.mlp(x))
 
 
@@ -130,10 +141,11 @@ class ReasoningModule(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(layers))
 
     def forward(self, state: torch.Tensor, injection: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: HRMCache | None, first_slot: int, start: int) -> torch.Tensor:
+                cache: HRMCache | None, first_slot: int, start: int,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
         hidden = state + injection
         for offset, block in enumerate(self.blocks):
-            hidden = block(hidden, cos, sin, cache, first_slot + offset, start)
+            hidden = block(hidden, cos, sin, cache, first_slot + offset, start, positions)
         return hidden
 
 
@@ -188,3 +200,26 @@ class HRM(nn.Module):
         if cache is not None:
             cache.length = start + steps
         return self.lm_head(z_high), self.q_head(z_high)
+
+    def decode(self, tokens: torch.Tensor, cache: HRMCache, positions: torch.Tensor) -> torch.Tensor:
+        """One new token per row, rows at different positions: tokens (B,), positions (B,) -> logits (B, V).
+
+        Rows 0..B-1 of the cache are the batch; each row's earlier positions must be in its cache.
+        """
+        config = self.config
+        if int(positions.max()) >= config.max_seq_len:
+            raise ValueError(f"a position reaches max_seq_len {config.max_seq_len}")
+        x = self.embed(tokens[:, None]) * self.embed_scale  # (B, 1, C)
+        cos, sin = self.rope(x.device, x.dtype)
+        cos, sin = cos[positions][:, None, None, :], sin[positions][:, None, None, :]  # (B, 1, 1, D/2)
+        batch = tokens.shape[0]
+        z_high = self.h_init.to(x.dtype).expand(batch, 1, -1)
+        z_low = self.l_init.to(x.dtype).expand(batch, 1, -1)
+        slot = 0
+        for _ in range(config.h_cycles):
+            for _ in range(config.l_cycles):
+                z_low = self.low(z_low, z_high + x, cos, sin, cache, slot, 0, positions)
+                slot += config.l_layers
+            z_high = self.high(z_high, z_low, cos, sin, cache, slot, 0, positions)
+            slot += config.h_layers
+        return self.lm_head(z_high[:, 0])

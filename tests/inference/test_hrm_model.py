@@ -9,6 +9,7 @@ import torch
 
 from inference.hrm.config import HRMConfig
 from inference.hrm.model import HRM, HRMCache
+from tests.support.hrm import greedy_cached, greedy_full_recompute
 
 CONFIG = HRMConfig(vocab_size=97, d_model=64, n_heads=4, h_layers=2, l_layers=1, h_cycles=2, l_cycles=3,
                    max_seq_len=96)
@@ -18,26 +19,6 @@ CONFIG = HRMConfig(vocab_size=97, d_model=64, n_heads=4, h_layers=2, l_layers=1,
 def model() -> HRM:
     torch.manual_seed(1234)
     return HRM(CONFIG).double().eval()  # float64: equal-by-construction paths compare exactly enough
-
-
-def greedy_full_recompute(model: HRM, prompt: torch.Tensor, new_tokens: int) -> list[int]:
-    """What the reference implementation did: the whole context again for every token."""
-    tokens = prompt.clone()
-    for _ in range(new_tokens):
-        logits, _ = model(tokens)
-        tokens = torch.cat([tokens, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return tokens[0, prompt.shape[1]:].tolist()
-
-
-def greedy_cached(model: HRM, prompt: torch.Tensor, new_tokens: int) -> list[int]:
-    cache = HRMCache.empty(model.config, prompt.shape[0], "cpu", torch.float64)
-    logits, _ = model(prompt, cache, 0)  # prefill
-    out = []
-    for _ in range(new_tokens):
-        token = logits[:, -1].argmax(-1, keepdim=True)
-        out.append(int(token))
-        logits, _ = model(token, cache, cache.length)  # one position through the unrolled stack
-    return out
 
 
 @torch.no_grad()
