@@ -1,0 +1,60 @@
+"""python manage.py runinference --checkpoint DIR --port P: one HRM model, served on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+DRAIN_SECONDS = 30.0
+
+
+class Command(BaseCommand):
+    help = "Serve an HRM checkpoint: /generate, /loglikelihood, /v1/completions, /v1/models, /healthz, /readyz."
+    requires_system_checks: list[str] = []  # the worker needs neither the database nor Redis
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--checkpoint", type=Path, required=True)
+        parser.add_argument("--port", type=int, required=True)
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--served-model-name", default=None)
+        parser.add_argument("--max-batch", type=int, default=16)
+        parser.add_argument("--max-queue", type=int, default=256)
+        parser.add_argument("--max-tokens", type=int, default=1024)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        # torch is imported here, in the worker, never by the web process.
+        from inference.hrm.checkpoint import CheckpointError, eos_id, load_checkpoint
+        from inference.hrm.worker import Limits, Worker
+
+        device = os.environ.get("ANVIL_DEVICE", "cpu")
+        try:
+            model, tokenizer = load_checkpoint(options["checkpoint"], device=device)
+        except CheckpointError as exc:
+            raise CommandError(str(exc)) from None
+        name = options["served_model_name"] or options["checkpoint"].name
+        limits = Limits(options["max_tokens"], options["max_batch"], options["max_queue"])
+        worker = Worker(model, tokenizer, name, eos_id(tokenizer), limits, device)
+        asyncio.run(self._serve(worker, options["host"], options["port"]))
+
+    async def _serve(self, worker: Any, host: str, port: int) -> None:
+        from aiohttp import web
+
+        worker.start()
+        runner = web.AppRunner(worker.app(), access_log=None, handler_cancellation=True)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await worker.warm_up()
+        self.stdout.write(f"serving {worker.name} on http://{host}:{port} (ready)")
+        await stop.wait()
+        self.stdout.write("draining in-flight requests")
+        await worker.drain(DRAIN_SECONDS)
+        await runner.cleanup()

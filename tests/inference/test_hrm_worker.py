@@ -1,0 +1,127 @@
+"""The HRM worker as a real process: the seed's endpoints and errors, OpenAI completions, readiness, drain."""
+
+from __future__ import annotations
+
+import math
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from inference.hrm.checkpoint import load_checkpoint, save_checkpoint, train_tokenizer
+from inference.hrm.config import HRMConfig
+from inference.hrm.model import HRM
+from tests.support.processes import free_port, manage, running
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("hrm-tiny")
+    tokenizer = train_tokenizer(["The quick brown fox jumps over the lazy dog. " * 30], 300)
+    torch.manual_seed(3)
+    save_checkpoint(directory, HRM(HRMConfig(vocab_size=300, d_model=64, n_heads=4, h_layers=1, l_layers=1,
+                                             max_seq_len=256)), tokenizer)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def worker(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("logs") / "worker.log"
+    import os
+
+    with running(manage("runinference", "--checkpoint", str(checkpoint), "--port", str(port),
+                        "--served-model-name", "hrm-tiny", "--max-tokens", "64"), dict(os.environ), log) as process:
+        url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            assert process.poll() is None, log.read_text()[-3000:]
+            try:
+                return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, 60, "the worker to be ready")
+        yield url, process
+
+
+def test_generate_returns_completions_and_usage(worker) -> None:  # type: ignore[no-untyped-def]
+    url, _ = worker
+    answer = httpx.post(f"{url}/generate", timeout=60, json={"prompts": ["Hello", "Once upon a time"],
+                                                             "max_tokens": 8, "temperature": 0.7, "top_p": 0.9})
+    assert answer.status_code == 200
+    body = answer.json()
+    assert len(body["completions"]) == 2 and all(isinstance(c, str) for c in body["completions"])
+    assert body["usage"]["completion_tokens"] <= 16 and body["usage"]["total_tokens"] > body["usage"]["prompt_tokens"]
+
+
+def test_a_seed_reproduces_a_sampled_completion(worker) -> None:  # type: ignore[no-untyped-def]
+    url, _ = worker
+    request = {"prompts": ["The quick"], "max_tokens": 12, "temperature": 1.0, "seed": 42}
+    first = httpx.post(f"{url}/generate", json=request, timeout=60).json()["completions"]
+    assert httpx.post(f"{url}/generate", json=request, timeout=60).json()["completions"] == first
+
+
+def test_loglikelihood_equals_an_independent_teacher_forced_sum(worker, checkpoint: Path) -> None:  # type: ignore[no-untyped-def]
+    url, _ = worker
+    pairs = [("The quick brown", " fox"), ("Hello", " world, again")]
+    ll = httpx.post(f"{url}/loglikelihood", timeout=60, json={"prompts": [p for p, _ in pairs],
+                                                               "continuations": [c for _, c in pairs]}).json()["ll"]
+    model, tokenizer = load_checkpoint(checkpoint)
+    for (prompt, continuation), value in zip(pairs, ll, strict=True):
+        context = tokenizer.encode(prompt).ids
+        full = tokenizer.encode(prompt + continuation).ids
+        expected = 0.0
+        with torch.no_grad():
+            for position in range(len(context), len(full)):  # one forward per continuation token
+                logits, _ = model(torch.tensor([full[:position]]))
+                expected += float(torch.log_softmax(logits[0, -1].double(), -1)[full[position]])
+        assert math.isclose(value, expected, rel_tol=1e-4, abs_tol=1e-4)
+        assert value < 0
+
+
+@pytest.mark.parametrize(("path", "body", "status", "field"), [
+    ("/generate", {"prompts": []}, 400, "prompts"),
+    ("/generate", {"prompts": "hi"}, 422, "prompts"),
+    ("/generate", {"prompts": ["hi"], "temperature": 3}, 400, "temperature"),
+    ("/generate", {"prompts": ["hi"], "top_p": 0}, 400, "top_p"),
+    ("/generate", {"prompts": ["hi"], "max_tokens": 0}, 400, "max_tokens"),
+    ("/generate", {"prompts": ["hi"], "max_tokens": 100000}, 400, "max_tokens"),
+    ("/generate", {"prompts": ["hi"], "seed": "x"}, 422, "seed"),
+    ("/loglikelihood", {"prompts": ["a", "b"], "continuations": ["c"]}, 400, "continuations"),
+    ("/loglikelihood", {"prompts": [], "continuations": []}, 400, "prompts"),
+])
+def test_bad_requests_name_the_field(worker, path: str, body: dict, status: int, field: str) -> None:  # type: ignore[no-untyped-def]
+    url, _ = worker
+    answer = httpx.post(f"{url}{path}", json=body, timeout=30)
+    assert answer.status_code == status and answer.json()["field"] == field, answer.text
+
+
+def test_openai_completions_whole_and_streamed(worker) -> None:  # type: ignore[no-untyped-def]
+    url, _ = worker
+    whole = httpx.post(f"{url}/v1/completions", timeout=60, json={"model": "hrm-tiny", "prompt": "The quick",
+                                                                   "max_tokens": 6, "temperature": 0}).json()
+    assert whole["choices"][0]["finish_reason"] in ("length", "stop") and whole["usage"]["completion_tokens"] <= 6
+    text = ""
+    with httpx.stream("POST", f"{url}/v1/completions", timeout=60, json={
+            "prompt": "The quick", "max_tokens": 6, "temperature": 0, "stream": True}) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                import json
+
+                text += json.loads(line[6:])["choices"][0]["text"]
+    assert text == whole["choices"][0]["text"]  # greedy: the same either way
+    assert httpx.get(f"{url}/v1/models", timeout=5).json()["data"][0]["id"] == "hrm-tiny"
+
+
+def test_metrics_and_graceful_shutdown(worker) -> None:  # type: ignore[no-untyped-def]
+    url, process = worker
+    assert "hrm_requests_total" in httpx.get(f"{url}/metrics", timeout=5).text
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=40) == 0
