@@ -145,11 +145,13 @@ class Worker:
         return sequence, pieces
 
     def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[float]:
-        """Sum of the log-probabilities of each continuation given its prompt, teacher-forced."""
+        """Sum of the log-probabilities of each continuation given its prompt, teacher-forced (one forward)."""
         out = []
         for prompt, continuation in pairs:
-            context = self.tokenizer.encode(prompt).ids
-            target = self.tokenizer.encode(prompt + continuation).ids[len(context):] or []
+            # Encoded apart and joined (as lm-eval does): the continuation's tokens are exactly
+            # its own, never a merge across the boundary that would blur which part is scored.
+            context = self.tokenizer.encode(prompt).ids or [self.engine.eos_id or 0]  # something to condition on
+            target = self.tokenizer.encode(continuation).ids
             tokens = torch.tensor([(context + target)[-self.model.config.max_seq_len:]], device=self.device)
             logits, _ = self.model(tokens)
             logprobs = torch.log_softmax(logits[0].double(), dim=-1)

@@ -70,13 +70,13 @@ def test_a_seed_reproduces_a_sampled_completion(worker) -> None:  # type: ignore
 
 def test_loglikelihood_equals_an_independent_teacher_forced_sum(worker, checkpoint: Path) -> None:  # type: ignore[no-untyped-def]
     url, _ = worker
-    pairs = [("The quick brown", " fox"), ("Hello", " world, again")]
+    pairs = [("The quick brown", " fox"), ("Hello", " world, again"), ("", "The")]
     ll = httpx.post(f"{url}/loglikelihood", timeout=60, json={"prompts": [p for p, _ in pairs],
                                                                "continuations": [c for _, c in pairs]}).json()["ll"]
     model, tokenizer = load_checkpoint(checkpoint)
     for (prompt, continuation), value in zip(pairs, ll, strict=True):
-        context = tokenizer.encode(prompt).ids
-        full = tokenizer.encode(prompt + continuation).ids
+        context = tokenizer.encode(prompt).ids or [0]  # an empty prompt is conditioned on EOS (id 0)
+        full = context + tokenizer.encode(continuation).ids
         expected = 0.0
         with torch.no_grad():
             for position in range(len(context), len(full)):  # one forward per continuation token
