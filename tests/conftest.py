@@ -44,3 +44,9 @@ def logs_dir(tmp_path: Path) -> Path:
     path = tmp_path / "logs"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="module")
+def module_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Logs of the real processes a test module shares (upstreams, Anvil under Daphne)."""
+    return tmp_path_factory.mktemp("logs")

@@ -9,11 +9,6 @@ from tests.support.live import live_anvil, scripted_upstream
 
 
 @pytest.fixture(scope="module")
-def module_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("logs")
-
-
-@pytest.fixture(scope="module")
 def good_upstream(module_logs: Path) -> Iterator[str]:
     with scripted_upstream(module_logs) as url:
         yield url

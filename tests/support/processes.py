@@ -42,10 +42,11 @@ def child_env(**overrides: str) -> dict[str, str]:
 
 
 @contextmanager
-def running(argv: list[str], env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def running(argv: list[str], env: dict[str, str], log_path: Path,
+            cwd: Path = ROOT) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``argv`` in its own process group; on exit, stop the whole group."""
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             yield process
