@@ -7,14 +7,18 @@ leaves at once and the last active row moves into its place, so the active rows 
 contiguous and every decode step works on a view, never a copy, of the cache.
 
 ``step()`` is synchronous torch work; the worker runs it on its own thread and hands
-tokens to the event loop (``on_token`` callbacks).
+tokens to the event loop (``on_token`` callbacks). ``Engine`` is the interface the worker
+needs; ``BatchEngine`` (the HRM) and ``inference.hrm.baseline.HFEngine`` (a transformers
+model, the A/B baseline) both provide it.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 from tokenizers import Tokenizer
@@ -34,6 +38,17 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # record each chosen token's log-probability and this many alternatives
+    ignore_eos: bool = False  # generate exactly max_tokens (benchmarks), as vllm bench serve does
+
+
+@dataclass(frozen=True)
+class TokenScore:
+    """A token's log-probability under the model, and the most likely alternatives at that position."""
+
+    token: int
+    logprob: float
+    top: dict[int, float]
 
 
 @dataclass
@@ -46,19 +61,84 @@ class Sequence:
     finish_reason: str | None = None
     row: int = -1
     generator: torch.Generator | None = None
+    scores: list[TokenScore] = field(default_factory=list)  # with params.logprobs; an EOS that ended it included
     _emitted: int = 0  # characters of ``text`` already handed to on_token
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
 
+    def append(self, token: int, tokenizer: Tokenizer, eos_id: int | None) -> None:
+        """Take one generated token: EOS, a stop string or the token limit may finish the sequence."""
+        if self.finished:
+            return
+        if eos_id is not None and token == eos_id and not self.params.ignore_eos:
+            self.finish_reason = "stop"
+            self._emit(final=True)
+            return
+        self.output.append(token)
+        cut, stopped = cut_at_stop(tokenizer.decode(self.output), list(self.params.stop))
+        self.text = cut
+        if stopped:
+            self.finish_reason = "stop"
+        elif len(self.output) >= self.params.max_tokens:
+            self.finish_reason = "length"
+        self._emit(final=self.finished)
+
+    def _emit(self, final: bool) -> None:
+        # Hold back a tail that could still become a stop string or an unfinished UTF-8 character.
+        hold = 0 if final else max((len(stop) - 1 for stop in self.params.stop), default=0)
+        text = self.text
+        if not final and text.endswith("\ufffd"):
+            hold = max(hold, 1)
+        ready = len(text) - hold
+        if ready > self._emitted and self.on_token is not None:
+            self.on_token(self, text[self._emitted:ready])
+        self._emitted = max(self._emitted, ready)
+
+
+def top_scores(logits: torch.Tensor, tokens: list[int], top: int) -> list[TokenScore]:
+    """logits (T, V) at the positions that chose ``tokens`` (T) -> each token's score and ``top`` alternatives."""
+    logprobs = torch.log_softmax(logits.double(), dim=-1)
+    chosen = logprobs.gather(1, torch.tensor(tokens, device=logits.device)[:, None])[:, 0].tolist()
+    best = logprobs.topk(top, dim=-1) if top else None
+    out = []
+    for row, (token, value) in enumerate(zip(tokens, chosen, strict=True)):
+        alternatives = ({int(i): float(v) for i, v in zip(best.indices[row].tolist(), best.values[row].tolist(),
+                                                          strict=True)} if best is not None else {})
+        out.append(TokenScore(token, float(value), alternatives))
+    return out
+
+
+class Engine(Protocol):
+    """What the worker needs of an engine. Every method runs on the worker's scheduler thread."""
+
+    tokenizer: Tokenizer
+    eos_id: int | None
+    max_seq_len: int
+
+    @property
+    def idle(self) -> bool: ...
+
+    def submit(self, sequence: Sequence) -> Sequence: ...
+
+    def step(self) -> list[Sequence]: ...
+
+    def score(self, tokens: list[int], top: int = 0) -> list[TokenScore]:
+        """Teacher-forced: the score of tokens[1:], each given the tokens before it."""
+        ...
+
 
 class BatchEngine:
     def __init__(self, model: HRM, tokenizer: Tokenizer, *, eos_id: int | None, max_batch: int = 16,
-                 max_queue: int = 256, device: str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+                 max_queue: int = 256, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 autocast: torch.dtype | None = None) -> None:
         self.model, self.tokenizer, self.eos_id = model, tokenizer, eos_id
+        # Optional mixed precision on CUDA: matmuls in bf16/fp16, the cache and sampling in ``dtype``.
+        self.autocast = autocast if autocast is not None and str(device).startswith("cuda") else None
         self.max_batch, self.max_queue = max_batch, max_queue
         self.device, self.dtype = device, dtype
+        self.max_seq_len = model.config.max_seq_len
         self.cache = HRMCache.empty(model.config, max_batch, device, dtype)
         self.waiting: deque[Sequence] = deque()
         self.active: list[Sequence] = []
@@ -67,7 +147,9 @@ class BatchEngine:
     def submit(self, sequence: Sequence) -> Sequence:
         if len(self.waiting) >= self.max_queue:
             raise QueueFull(f"{len(self.waiting)} requests are already waiting (max_queue={self.max_queue})")
-        limit = self.model.config.max_seq_len
+        limit = self.max_seq_len
+        if not sequence.prompt:
+            raise ValueError("the prompt has no tokens")
         if len(sequence.prompt) + sequence.params.max_tokens > limit:
             raise ValueError(f"prompt ({len(sequence.prompt)} tokens) plus max_tokens "
                              f"({sequence.params.max_tokens}) exceeds the context of {limit} tokens")
@@ -80,27 +162,37 @@ class BatchEngine:
     def idle(self) -> bool:
         return not self.waiting and not self.active
 
+    def _precision(self) -> Any:
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self.autocast)
+
     @torch.no_grad()
     def step(self) -> list[Sequence]:
         """Admit, then decode one token for every active sequence; returns the ones that finished."""
+        with self._precision():
+            return self._step()
+
+    def _step(self) -> list[Sequence]:
         finished: list[Sequence] = []
         while self.waiting and len(self.active) < self.max_batch:
             sequence = self.waiting.popleft()
             sequence.row = len(self.active)
             self.active.append(sequence)
             self._prefill(sequence)
+            if sequence.finished:  # its first token ended it (EOS, a stop, max_tokens=1): no decode step
+                finished.append(sequence)
+                self._leave(sequence)
         if not self.active:
             return finished
         batch = len(self.active)
         positions = torch.tensor([len(s.prompt) + len(s.output) - 1 for s in self.active], device=self.device)
         logits = self.model.decode(self.next_token[:batch], self.cache, positions)
         self._choose(logits)
-        for sequence in list(self.active):
-            if sequence.finished:
-                finished.append(sequence)
-        for sequence in finished:
+        done = [sequence for sequence in self.active if sequence.finished]
+        for sequence in done:
             self._leave(sequence)
-        return finished
+        return finished + done
 
     def _prefill(self, sequence: Sequence) -> None:
         row = sequence.row
@@ -112,44 +204,29 @@ class BatchEngine:
     def _choose(self, logits: torch.Tensor) -> None:
         temperature = torch.tensor([s.params.temperature for s in self.active])
         top_p = torch.tensor([s.params.top_p for s in self.active])
-        chosen = next_tokens(logits, temperature, top_p, [s.generator for s in self.active])
-        for sequence, token in zip(self.active, chosen.tolist(), strict=True):
-            self._append(sequence, token)
+        chosen = next_tokens(logits, temperature, top_p, [s.generator for s in self.active]).tolist()
+        for row, (sequence, token) in enumerate(zip(self.active, chosen, strict=True)):
+            self._take(sequence, token, logits[row])
 
     def _accept(self, sequence: Sequence, logits: torch.Tensor) -> None:
         params = sequence.params
         token = next_tokens(logits[None], torch.tensor([params.temperature]), torch.tensor([params.top_p]),
                             [sequence.generator])[0]
-        self._append(sequence, int(token))
+        self._take(sequence, int(token), logits)
 
-    def _append(self, sequence: Sequence, token: int) -> None:
-        if sequence.finished:
-            return
-        if self.eos_id is not None and token == self.eos_id:
-            sequence.finish_reason = "stop"
-            self._emit(sequence, final=True)
-            return
-        sequence.output.append(token)
-        self.next_token[sequence.row] = token
-        text = self.tokenizer.decode(sequence.output)
-        cut, stopped = cut_at_stop(text, list(sequence.params.stop))
-        sequence.text = cut
-        if stopped:
-            sequence.finish_reason = "stop"
-        elif len(sequence.output) >= sequence.params.max_tokens:
-            sequence.finish_reason = "length"
-        self._emit(sequence, final=sequence.finished)
+    def _take(self, sequence: Sequence, token: int, logits: torch.Tensor) -> None:
+        if sequence.params.logprobs is not None:
+            sequence.scores += top_scores(logits[None], [token], sequence.params.logprobs)
+        sequence.append(token, self.tokenizer, self.eos_id)
+        if not sequence.finished:
+            self.next_token[sequence.row] = token
 
-    def _emit(self, sequence: Sequence, final: bool) -> None:
-        # Hold back a tail that could still become a stop string or an unfinished UTF-8 character.
-        hold = 0 if final else max((len(stop) - 1 for stop in sequence.params.stop), default=0)
-        text = sequence.text
-        if not final and text.endswith("\ufffd"):
-            hold = max(hold, 1)
-        ready = len(text) - hold
-        if ready > sequence._emitted and sequence.on_token is not None:
-            sequence.on_token(sequence, text[sequence._emitted:ready])
-        sequence._emitted = max(sequence._emitted, ready)
+    @torch.no_grad()
+    def score(self, tokens: list[int], top: int = 0) -> list[TokenScore]:
+        tokens = tokens[-self.max_seq_len:]
+        with self._precision():
+            logits, _ = self.model(torch.tensor([tokens], device=self.device))
+        return top_scores(logits[0, :-1], tokens[1:], top)
 
     def _leave(self, sequence: Sequence) -> None:
         last = self.active[-1]

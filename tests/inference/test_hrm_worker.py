@@ -96,6 +96,15 @@ def test_loglikelihood_equals_an_independent_teacher_forced_sum(worker, checkpoi
     ("/generate", {"prompts": ["hi"], "seed": "x"}, 422, "seed"),
     ("/loglikelihood", {"prompts": ["a", "b"], "continuations": ["c"]}, 400, "continuations"),
     ("/loglikelihood", {"prompts": [], "continuations": []}, 400, "prompts"),
+    ("/v1/completions", {"prompt": [True]}, 422, "prompt"),
+    ("/v1/completions", {"prompt": "hi", "logprobs": 50}, 400, "logprobs"),
+    ("/v1/completions", {"prompt": "hi", "echo": True, "stream": True}, 400, "echo"),
+    ("/v1/completions", {"prompt": "hi", "n": 2}, 400, "n"),
+    ("/v1/completions", {"prompt": "hi " * 300, "max_tokens": 8}, 400, "prompt"),
+    ("/v1/chat/completions", {"messages": []}, 422, "messages"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": 3}]}, 422, "messages[0].content"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                              "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
 ])
 def test_bad_requests_name_the_field(worker, path: str, body: dict, status: int, field: str) -> None:  # type: ignore[no-untyped-def]
     url, _ = worker
@@ -120,6 +129,73 @@ def test_openai_completions_whole_and_streamed(worker) -> None:  # type: ignore[
     assert httpx.get(f"{url}/v1/models", timeout=5).json()["data"][0]["id"] == "hrm-tiny"
 
 
+def test_echo_with_logprobs_scores_the_prompt_as_teacher_forcing_does(worker, checkpoint: Path) -> None:  # type: ignore[no-untyped-def]
+    url, _ = worker
+    model, tokenizer = load_checkpoint(checkpoint)
+    tokens = tokenizer.encode("The quick brown fox").ids
+    body = httpx.post(f"{url}/v1/completions", timeout=60, json={
+        "prompt": [tokens], "echo": True, "logprobs": 2, "max_tokens": 1, "temperature": 0}).json()
+    logprobs = body["choices"][0]["logprobs"]
+    assert len(logprobs["token_logprobs"]) == len(tokens) + 1  # the echoed prompt, then one new token
+    assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([tokens]))
+    expected = torch.log_softmax(logits[0].double(), -1)
+    for position in range(1, len(tokens)):
+        assert math.isclose(logprobs["token_logprobs"][position], float(expected[position - 1, tokens[position]]),
+                            abs_tol=1e-4)
+        assert len(logprobs["top_logprobs"][position]) <= 2
+    greedy = int(expected[-1].argmax())
+    assert math.isclose(logprobs["token_logprobs"][-1], float(expected[-1, greedy]), abs_tol=1e-4)
+    assert body["choices"][0]["text"].startswith(tokenizer.decode(tokens))
+    assert "".join(logprobs["tokens"]) == body["choices"][0]["text"]
+
+
+def test_chat_and_completions_through_the_openai_sdk(worker) -> None:  # type: ignore[no-untyped-def]
+    import openai
+
+    url, _ = worker
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", timeout=60, max_retries=0)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello"}]
+    whole = client.chat.completions.create(model="hrm-tiny", messages=messages, max_tokens=10, temperature=0)
+    assert whole.choices[0].message.role == "assistant" and whole.choices[0].finish_reason in ("stop", "length")
+    assert 0 < whole.usage.completion_tokens <= 10
+    stream = client.chat.completions.create(model="hrm-tiny", messages=messages, max_tokens=10, temperature=0,
+                                            stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content  # greedy: the same either way
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    completion = client.completions.create(model="hrm-tiny", prompt=["The quick", "Hello"], max_tokens=4,
+                                           temperature=0)
+    assert [c.index for c in completion.choices] == [0, 1]
+
+
+def test_the_tokenizer_routes_round_trip(worker, checkpoint: Path) -> None:  # type: ignore[no-untyped-def]
+    url, _ = worker
+    info = httpx.get(f"{url}/tokenizer_info", timeout=5).json()
+    assert info["eos_token"] == "<|endoftext|>" and "messages" in info["chat_template"]
+    tokens = httpx.post(f"{url}/tokenize", json={"prompt": "héllo wörld"}, timeout=5).json()["tokens"]
+    assert httpx.post(f"{url}/detokenize", json={"tokens": tokens}, timeout=5).json()["prompt"] == "héllo wörld"
+
+
+def test_sixteen_prompts_in_one_batch_keep_memory_stable(worker) -> None:  # type: ignore[no-untyped-def]
+    import psutil
+
+    url, process = worker
+    worker_process = psutil.Process(process.pid)
+    prompts = [f"Prompt number {i}: the quick brown fox" for i in range(16)]
+    sizes = []
+    for _ in range(5):
+        body = httpx.post(f"{url}/generate", timeout=120, json={"prompts": prompts, "max_tokens": 32,
+                                                                "temperature": 0.8, "seed": 1}).json()
+        assert len(body["completions"]) == 16
+        sizes.append(worker_process.memory_info().rss)
+    # The first run may grow allocator pools; after it, the same work must not keep growing.
+    assert max(sizes[1:]) - sizes[1] < 8 * 2**20, [s // 2**20 for s in sizes]
+
+
+# Last: it stops the module's worker.
 def test_metrics_and_graceful_shutdown(worker) -> None:  # type: ignore[no-untyped-def]
     url, process = worker
     assert "hrm_requests_total" in httpx.get(f"{url}/metrics", timeout=5).text

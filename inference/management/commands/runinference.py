@@ -1,4 +1,5 @@
-"""python manage.py runinference --checkpoint DIR --port P: one HRM model, served on loopback."""
+"""python manage.py runinference --checkpoint DIR --port P: one model (an HRM, or a transformers
+baseline), served on loopback."""
 
 from __future__ import annotations
 
@@ -14,38 +15,46 @@ DRAIN_SECONDS = 30.0
 
 
 class Command(BaseCommand):
-    help = "Serve an HRM checkpoint: /generate, /loglikelihood, /v1/completions, /v1/models, /healthz, /readyz."
+    help = ("Serve a checkpoint: /generate, /loglikelihood, /v1/completions, /v1/chat/completions, /v1/models, "
+            "/healthz, /readyz, /metrics.")
     requires_system_checks: list[str] = []  # the worker needs neither the database nor Redis
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--checkpoint", type=Path, required=True)
+        parser.add_argument("--checkpoint", type=Path, required=True,
+                            help="An HRM checkpoint, or a transformers model directory (the baseline engine).")
         parser.add_argument("--port", type=int, required=True)
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--served-model-name", default=None)
         parser.add_argument("--max-batch", type=int, default=16)
         parser.add_argument("--max-queue", type=int, default=256)
         parser.add_argument("--max-tokens", type=int, default=1024)
+        parser.add_argument("--autocast", choices=["bf16", "fp16"], default=None,
+                            help="Mixed precision on CUDA (ANVIL_DEVICE=cuda); ignored on the CPU.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         # torch is imported here, in the worker, never by the web process.
-        from inference.hrm.checkpoint import CheckpointError, eos_id, load_checkpoint
-        from inference.hrm.worker import Limits, Worker
+        from inference.hrm.checkpoint import CheckpointError
+        from inference.hrm.validation import Limits
+        from inference.hrm.worker import Worker, chat_template, load_engine
 
         device = os.environ.get("ANVIL_DEVICE", "cpu")
-        try:
-            model, tokenizer = load_checkpoint(options["checkpoint"], device=device)
-        except CheckpointError as exc:
-            raise CommandError(str(exc)) from None
-        name = options["served_model_name"] or options["checkpoint"].name
+        directory: Path = options["checkpoint"]
         limits = Limits(options["max_tokens"], options["max_batch"], options["max_queue"])
-        worker = Worker(model, tokenizer, name, eos_id(tokenizer), limits, device)
-        asyncio.run(self._serve(worker, options["host"], options["port"]))
+        try:
+            engine = load_engine(directory, device=device, limits=limits, autocast=options["autocast"])
+        except (CheckpointError, OSError, ValueError) as exc:
+            raise CommandError(f"cannot load {directory}: {exc}") from None
+        name = options["served_model_name"] or directory.resolve().name
+        asyncio.run(self._serve(Worker(engine, name, limits, chat_template(directory)), options["host"],
+                                options["port"]))
 
     async def _serve(self, worker: Any, host: str, port: int) -> None:
         from aiohttp import web
 
+        from inference.hrm.server import Server
+
         worker.start()
-        runner = web.AppRunner(worker.app(), access_log=None, handler_cancellation=True)
+        runner = web.AppRunner(Server(worker).app(), access_log=None, handler_cancellation=True)
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
         stop = asyncio.Event()
@@ -53,7 +62,8 @@ class Command(BaseCommand):
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         await worker.warm_up()
-        self.stdout.write(f"serving {worker.name} on http://{host}:{port} (ready)")
+        self.stdout.write(f"serving {worker.name} on http://{host}:{port} (ready)", ending="\n")
+        self.stdout.flush()
         await stop.wait()
         self.stdout.write("draining in-flight requests")
         await worker.drain(DRAIN_SECONDS)

@@ -1,0 +1,277 @@
+"""The worker's HTTP face: the seed's /generate and /loglikelihood; OpenAI /v1/completions (echo and
+logprobs included, so lm-eval's ``local-completions`` works) and /v1/chat/completions, both with SSE;
+/v1/models; the vLLM-style /tokenizer_info, /tokenize and /detokenize (lm-eval's remote tokenizer);
+/healthz, /readyz, /metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+from inference.hrm.checkpoint import EOS
+from inference.hrm.engine import QueueFull, Sequence, TokenScore
+from inference.hrm.validation import (MAX_LOGPROBS, RequestError, flag, number, openai_prompts, sampling_from,
+                                      seed_prompts, strings)
+from inference.hrm.worker import CHAT_STOPS, Worker
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Server:
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.registry = CollectorRegistry()
+        self.requests = Counter("hrm_requests_total", "Requests.", ["route", "status"], registry=self.registry)
+        self.tokens = Counter("hrm_generated_tokens_total", "Tokens generated.", registry=self.registry)
+        self.latency = Histogram("hrm_request_seconds", "Request latency.", ["route"], registry=self.registry)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=32 * 1024 * 1024, middlewares=[self._middleware])
+        app.add_routes([
+            web.post("/generate", self.generate), web.post("/loglikelihood", self.loglikelihood),
+            web.post("/v1/completions", self.completions), web.post("/v1/chat/completions", self.chat),
+            web.get("/v1/models", self.models), web.get("/tokenizer_info", self.tokenizer_info),
+            web.post("/tokenize", self.tokenize), web.post("/detokenize", self.detokenize),
+            web.get("/healthz", self.healthz), web.get("/readyz", self.readyz), web.get("/metrics", self.metrics),
+        ])
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        worker = self.worker
+        if worker.stopping and request.method == "POST":
+            return web.json_response({"detail": "the worker is shutting down"}, status=503)
+        worker.in_flight += 1
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except RequestError as exc:
+            status = exc.status
+            return web.json_response({"detail": exc.message, "field": exc.field}, status=exc.status)
+        except QueueFull as exc:
+            status = 429
+            return web.json_response({"detail": f"too many requests waiting: {exc}"}, status=429)
+        except ValueError as exc:  # the engine's own limits, e.g. a prompt longer than the context
+            status = 400
+            return web.json_response({"detail": str(exc), "field": "prompt"}, status=400)
+        finally:
+            worker.in_flight -= 1
+            self.requests.labels(request.path, str(status)).inc()
+            self.latency.labels(request.path).observe(time.perf_counter() - started)
+
+    @staticmethod
+    async def _json(request: web.Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RequestError(400, "body", "the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise RequestError(422, "body", "the body must be a JSON object")
+        return body
+
+    async def _complete(self, prompt: list[int], params: Any) -> Sequence:
+        sequence = await self.worker.complete(prompt, params)
+        self.tokens.inc(len(sequence.output))
+        return sequence
+
+    # --- the seed's contract ----------------------------------------------------------------
+    async def generate(self, request: web.Request) -> web.Response:
+        body = await self._json(request)
+        prompts = seed_prompts(body)
+        params = sampling_from(body, self.worker.limits)
+        sequences = await asyncio.gather(*(self._complete(self.worker.encode(p), params) for p in prompts))
+        return web.json_response({"completions": [s.text for s in sequences], "usage": _usage(sequences)})
+
+    async def loglikelihood(self, request: web.Request) -> web.Response:
+        body = await self._json(request)
+        prompts, continuations = seed_prompts(body), strings(body, "continuations")
+        if len(prompts) != len(continuations):
+            raise RequestError(400, "continuations",
+                               f"continuations ({len(continuations)}) must match prompts ({len(prompts)})")
+        values = await self.worker.loglikelihood(list(zip(prompts, continuations, strict=True)))
+        return web.json_response({"ll": values})
+
+    # --- OpenAI -----------------------------------------------------------------------------
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        body = await self._json(request)
+        prompts = openai_prompts(body)
+        echo, stream = flag(body, "echo"), flag(body, "stream")
+        logprobs = body.get("logprobs")
+        if logprobs is not None:
+            logprobs = number(body, "logprobs", 0, 0, MAX_LOGPROBS, integer=True)
+            if stream:
+                raise RequestError(400, "logprobs", "logprobs are not available when streaming")
+        if echo and stream:
+            raise RequestError(400, "echo", "echo is not available when streaming")
+        params = sampling_from(body, self.worker.limits, default_max=16, default_temperature=1.0,
+                               allow_zero_tokens=echo, logprobs=logprobs)
+        created, ident = int(time.time()), f"cmpl-{uuid.uuid4().hex[:24]}"
+        encoded = [self.worker.encode(p) for p in prompts]
+        if stream:
+            if len(encoded) != 1:
+                raise RequestError(400, "prompt", "streaming takes one prompt")
+            return await self._stream(request, encoded[0], params, ident, created, "text_completion",
+                                      chat=False, include_usage=_include_usage(body))
+        sequences = await asyncio.gather(*(self._complete(p, params) for p in encoded))
+        choices = []
+        for index, sequence in enumerate(sequences):
+            text = sequence.text
+            choice: dict[str, Any] = {"index": index, "text": text, "logprobs": None,
+                                      "finish_reason": sequence.finish_reason}
+            if logprobs is not None or echo:
+                scored = list(sequence.scores)
+                prompt_scores: list[TokenScore | None] = []
+                if echo:
+                    prompt_scores = [None, *await self.worker.score(sequence.prompt, logprobs or 0)]
+                    text = self.worker.tokenizer.decode(sequence.prompt) + text
+                    choice["text"] = text
+                if logprobs is not None:
+                    choice["logprobs"] = self._logprobs(prompt_scores, sequence.prompt if echo else [], scored, text)
+            choices.append(choice)
+        return web.json_response({"id": ident, "object": "text_completion", "created": created,
+                                  "model": self.worker.name, "choices": choices, "usage": _usage(sequences)})
+
+    def _logprobs(self, prompt_scores: list[TokenScore | None], prompt: list[int], generated: list[TokenScore],
+                  text: str) -> dict[str, Any]:
+        """The legacy completions shape: tokens, token_logprobs, top_logprobs, text_offset (echoed prompt first)."""
+        decode = self.worker.tokenizer.decode
+        tokens = [*prompt, *(s.token for s in generated)]
+        scores = [*prompt_scores, *generated]
+        pieces = [decode([token]) for token in tokens]
+        offsets, at = [], 0
+        for piece in pieces:
+            offsets.append(min(at, len(text)))
+            at += len(piece)
+        return {"tokens": pieces,
+                "token_logprobs": [s.logprob if s else None for s in scores],
+                "top_logprobs": [{decode([t]): v for t, v in s.top.items()} if s else None for s in scores],
+                "text_offset": offsets}
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._json(request)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise RequestError(422, "messages", "messages must be a non-empty list")
+        if body.get("tools"):
+            raise RequestError(400, "tools", f"{self.worker.name} does not call tools")
+        turns = []
+        for index, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                raise RequestError(422, f"messages[{index}]", "each message needs a role")
+            turns.append({"role": message["role"], "content": _content(message.get("content"), index)})
+        params = sampling_from(body, self.worker.limits, default_max=self.worker.limits.max_tokens,
+                               default_temperature=1.0)
+        params.stop = (*params.stop, *CHAT_STOPS)
+        prompt = self.worker.encode(self.worker.render_chat(turns))
+        created, ident = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        if flag(body, "stream"):
+            return await self._stream(request, prompt, params, ident, created, "chat.completion.chunk", chat=True,
+                                      include_usage=_include_usage(body))
+        sequence = await self._complete(prompt, params)
+        return web.json_response({"id": ident, "object": "chat.completion", "created": created,
+                                  "model": self.worker.name, "choices": [{
+                                      "index": 0, "message": {"role": "assistant", "content": sequence.text},
+                                      "finish_reason": sequence.finish_reason}],
+                                  "usage": _usage([sequence])})
+
+    async def _stream(self, request: web.Request, prompt: list[int], params: Any, ident: str, created: int,
+                      kind: str, *, chat: bool, include_usage: bool) -> web.StreamResponse:
+        sequence, pieces = await self.worker.start_generation(prompt, params)  # a full queue answers 429 first
+        response = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
+        await response.prepare(request)
+
+        def event(choice: dict[str, Any], **extra: Any) -> bytes:
+            chunk = {"id": ident, "object": kind, "created": created, "model": self.worker.name,
+                     "choices": [choice] if choice else [], **extra}
+            return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+        if chat:
+            await response.write(event({"index": 0, "delta": {"role": "assistant", "content": ""},
+                                        "finish_reason": None}))
+        while (piece := await pieces.get()) is not None:
+            choice = ({"index": 0, "delta": {"content": piece}, "finish_reason": None} if chat
+                      else {"index": 0, "text": piece, "logprobs": None, "finish_reason": None})
+            await response.write(event(choice))
+        self.tokens.inc(len(sequence.output))
+        last = ({"index": 0, "delta": {}, "finish_reason": sequence.finish_reason} if chat
+                else {"index": 0, "text": "", "logprobs": None, "finish_reason": sequence.finish_reason})
+        await response.write(event(last))
+        if include_usage:
+            await response.write(event({}, usage=_usage([sequence])))
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{
+            "id": self.worker.name, "object": "model", "owned_by": "anvil",
+            "max_model_len": self.worker.engine.max_seq_len}]})
+
+    # --- the tokenizer, as vLLM exposes it -------------------------------------------------------
+    async def tokenizer_info(self, request: web.Request) -> web.Response:
+        return web.json_response({"eos_token": EOS, "bos_token": None, "pad_token": None,
+                                  "chat_template": self.worker.template_source,
+                                  "model_max_length": self.worker.engine.max_seq_len})
+
+    async def tokenize(self, request: web.Request) -> web.Response:
+        body = await self._json(request)
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str):
+            raise RequestError(422, "prompt", "prompt must be a string")
+        tokens = self.worker.tokenizer.encode(prompt).ids
+        return web.json_response({"tokens": tokens, "count": len(tokens),
+                                  "max_model_len": self.worker.engine.max_seq_len})
+
+    async def detokenize(self, request: web.Request) -> web.Response:
+        body = await self._json(request)
+        tokens = body.get("tokens")
+        if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+            raise RequestError(422, "tokens", "tokens must be a list of integers")
+        return web.json_response({"prompt": self.worker.tokenizer.decode(tokens)})
+
+    # --- probes -------------------------------------------------------------------------------
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        worker = self.worker
+        if worker.ready and not worker.stopping:
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "loading" if not worker.ready else "stopping"}, status=503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry), headers={"content-type": CONTENT_TYPE_LATEST})
+
+
+def _content(content: Any, index: int) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts: the text ones are kept, in order
+        texts = [part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"]
+        if len(texts) == len(content):
+            return "".join(texts)
+        raise RequestError(400, f"messages[{index}].content", "only text content parts are understood")
+    if content is None:
+        return ""
+    raise RequestError(422, f"messages[{index}].content", "content must be a string or a list of text parts")
+
+
+def _include_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options") or {}
+    return isinstance(options, dict) and bool(options.get("include_usage"))
+
+
+def _usage(sequences: list[Sequence]) -> dict[str, int]:
+    prompt = sum(len(s.prompt) for s in sequences)
+    completion = sum(len(s.output) for s in sequences)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}

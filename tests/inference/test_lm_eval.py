@@ -1,0 +1,92 @@
+"""lm-eval's ``local-completions`` model runs a small local task against the worker: loglikelihood
+(echo + logprobs, the remote tokenizer) and generation (stop strings), end to end, as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.processes import child_env, free_port, manage, running
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.slow
+
+DATA = Path(__file__).parent / "lm_eval_data" / "questions.jsonl"
+DEMO = Path(__file__).resolve().parents[2] / "models" / "hrm-demo"
+
+def _write_tasks(directory: Path) -> None:
+    data = str(DATA)
+    (directory / "anvil_choice.yaml").write_text(f"""task: anvil_choice
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+metric_list:
+  - metric: acc
+""")
+    (directory / "anvil_generate.yaml").write_text(f"""task: anvil_generate
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{question}}}}"
+doc_to_target: "{{{{target}}}}"
+generation_kwargs:
+  until: ["\\n", "."]
+  max_gen_toks: 16
+  temperature: 0
+metric_list:
+  - metric: exact_match
+""")
+
+
+def test_lm_eval_local_completions_runs_against_the_worker(tmp_path: Path) -> None:
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    _write_tasks(tasks)
+    port = free_port()
+    log = tmp_path / "worker.log"
+    with running(manage("runinference", "--checkpoint", str(DEMO), "--port", str(port), "--served-model-name",
+                        "hrm-demo"), dict(os.environ), log) as worker:
+        url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            assert worker.poll() is None, log.read_text()[-3000:]
+            try:
+                return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, 60, "the worker to be ready")
+        out = tmp_path / "results"
+        env = child_env(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+                        HF_HOME=str(tmp_path / "hf"), OPENAI_API_KEY="unused")
+        eval_log = tmp_path / "lm_eval.log"
+        with running([sys.executable, "-m", "lm_eval", "run", "--model", "local-completions", "--model_args",
+                      f"base_url={url}/v1/completions,model=hrm-demo,tokenizer_backend=remote,max_length=512,"
+                      "num_concurrent=1,max_retries=1,timeout=60",
+                      "--tasks", "anvil_choice,anvil_generate", "--include_path", str(tasks),
+                      "--output_path", str(out), "--log_samples"], env, eval_log) as lm_eval:
+            wait_for(lambda: lm_eval.poll() is not None, 300, "lm-eval to finish")
+            assert lm_eval.returncode == 0, eval_log.read_text()[-4000:]
+    results = json.loads(next(out.rglob("results_*.json")).read_text())["results"]
+    assert 0.0 <= results["anvil_choice"]["acc,none"] <= 1.0
+    assert 0.0 <= results["anvil_generate"]["exact_match,none"] <= 1.0
+    samples = [json.loads(line) for path in out.rglob("samples_anvil_choice_*.jsonl")
+               for line in path.read_text().splitlines()]
+    assert len(samples) == 4
+    # Every choice was scored by the worker: a negative log-likelihood for each (lm-eval logs them as text).
+    scores = [float(response[0][0]) for sample in samples for response in sample["resps"]]
+    assert len(scores) == 12 and all(score < 0 for score in scores), samples[0]["resps"]
