@@ -31,6 +31,7 @@ from anvil_site.metrics import MetricsMiddleware, metrics_app  # noqa: E402
 from anvil_site.websockets import websocket_urlpatterns  # noqa: E402
 from inference.consumers.base import UnknownRouteConsumer  # noqa: E402
 from inference.consumers.models import ModelsConsumer  # noqa: E402
+from inference.consumers.native import NativeRelayConsumer  # noqa: E402
 from inference.consumers.relay import (  # noqa: E402
     ChatCompletionsConsumer,
     CompletionsConsumer,
@@ -46,6 +47,7 @@ gc.collect()
 gc.freeze()
 
 front_door_unknown = UnknownRouteConsumer.as_asgi()
+native_relay = NativeRelayConsumer.as_asgi()
 
 http_application = PathDispatcher(
     exact={
@@ -57,8 +59,8 @@ http_application = PathDispatcher(
         "/healthz": healthz_app,
         "/readyz": readyz_app,
         "/metrics": metrics_app,
-        "/generate": front_door_unknown,
-        "/loglikelihood": front_door_unknown,
+        "/generate": native_relay,
+        "/loglikelihood": native_relay,
     },
     prefixes=[("/v1/", front_door_unknown)],
     fallback=django_application,

@@ -266,6 +266,13 @@ def worker_spec(concurrency: int) -> ChildSpec:
     return ChildSpec("worker", argv)
 
 
+def hrm_spec(checkpoint: Path, port: int, name: str) -> ChildSpec:
+    argv = [sys.executable, str(Path(__file__).resolve().parent.parent / "manage.py"), "runinference",
+            "--checkpoint", str(checkpoint), "--port", str(port), "--served-model-name", name]
+    # Ready after the model loaded and answered a warm-up request (the worker's /readyz).
+    return ChildSpec("hrm", argv, ready=lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), ready_timeout=180)
+
+
 def beat_spec(work_dir: Path) -> ChildSpec:
     argv = [
         sys.executable, "-m", "celery", "-A", "anvil_site", "beat", "--loglevel", "INFO",

@@ -48,6 +48,14 @@ ANVIL_REDIS_TIMEOUT = env.env_float("ANVIL_REDIS_TIMEOUT", 2.0, minimum=0.05)
 # Celery worker processes `runstack` starts.
 ANVIL_WORKER_CONCURRENCY = env.env_int("ANVIL_WORKER_CONCURRENCY", 2, minimum=1)
 
+# --- the in-worker engine `runstack` starts (inference/hrm) -----------------
+# The checkpoint it serves; "off" starts none. The demo model is committed under models/.
+_HRM_CHECKPOINT = env.env_str("ANVIL_HRM_CHECKPOINT", str(BASE_DIR / "models" / "hrm-demo"))
+ANVIL_HRM_CHECKPOINT = None if _HRM_CHECKPOINT.lower() in ("", "off", "none") else Path(_HRM_CHECKPOINT)
+ANVIL_HRM_PORT = env.env_int("ANVIL_HRM_PORT", 8010, minimum=1)
+ANVIL_HRM_SERVE = env.env_str("ANVIL_HRM_SERVE", "hrm-demo")  # the serve it is registered as
+ANVIL_HRM_TIER = env.env_str("ANVIL_HRM_TIER", "fast")  # only when the serve is first created
+
 # --- applications -----------------------------------------------------------
 INSTALLED_APPS = [
     "daphne",

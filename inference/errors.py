@@ -16,6 +16,7 @@ from enum import StrEnum
 class Dialect(StrEnum):
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
+    NATIVE = "native"  # the in-worker engine's /generate and /loglikelihood: {"detail", "field"}
 
 
 class FrontDoorError(Exception):
@@ -120,6 +121,8 @@ class UpstreamRejected(FrontDoorError):
 
 def error_body(error: FrontDoorError, dialect: Dialect) -> bytes:
     """The JSON body of ``error`` in ``dialect``'s shape."""
+    if dialect is Dialect.NATIVE:
+        return json.dumps({"detail": error.message, "field": error.param}).encode()
     if dialect is Dialect.ANTHROPIC:
         payload: dict[str, object] = {
             "type": "error",

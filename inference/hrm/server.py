@@ -18,8 +18,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 
 from inference.hrm.checkpoint import EOS
 from inference.hrm.engine import QueueFull, Sequence, TokenScore
-from inference.hrm.validation import (MAX_LOGPROBS, RequestError, flag, number, openai_prompts, sampling_from,
-                                      seed_prompts, strings)
+from inference.hrm.validation import (
+    MAX_LOGPROBS,
+    RequestError,
+    flag,
+    number,
+    openai_prompts,
+    sampling_from,
+    seed_prompts,
+    strings,
+)
 from inference.hrm.worker import CHAT_STOPS, Worker
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

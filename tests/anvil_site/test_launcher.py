@@ -19,7 +19,7 @@ from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-EXPECTED_CHILDREN = {"web", "worker", "beat"} | ({"redis"} if settings.REDIS_URL_IS_EMBEDDED else set())
+EXPECTED_CHILDREN = {"web", "worker", "beat", "hrm"} | ({"redis"} if settings.REDIS_URL_IS_EMBEDDED else set())
 
 
 class Stack:
@@ -42,7 +42,7 @@ class Stack:
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
     port = free_port()
-    env = child_env(ANVIL_BIND=f"127.0.0.1:{port}", ANVIL_VAR_DIR=str(tmp_path / "var"),
+    env = child_env(ANVIL_BIND=f"127.0.0.1:{port}", ANVIL_VAR_DIR=str(tmp_path / "var"), ANVIL_HRM_PORT=str(free_port()),
                     ANVIL_ADMIN_PASSWORD="launcher-test-pass", NO_COLOR="1")
     log = tmp_path / "stack.log"
     with open(log, "wb") as out:
@@ -70,8 +70,18 @@ def test_stack_serves_and_stops_every_child_on_sigterm(stack: Stack) -> None:
         assert psutil.pid_exists(stack.child_pid(name)), name
     assert httpx.get(f"{stack.url}/readyz", timeout=5).status_code == 200
     minted = create_key("launcher-test")
-    models = httpx.get(f"{stack.url}/v1/models", headers={"Authorization": f"Bearer {minted.secret}"}, timeout=5)
-    assert models.status_code == 200 and models.json()["object"] == "list"
+    auth = {"Authorization": f"Bearer {minted.secret}"}
+    wait_for(lambda: "hrm-demo" in [m["id"] for m in httpx.get(f"{stack.url}/v1/models", headers=auth,
+                                                                timeout=5).json()["data"]],
+             10, "the launcher's HRM worker to be listed")
+    # The in-worker engine answers through the front door: its own contract, and OpenAI chat.
+    generated = httpx.post(f"{stack.url}/generate", headers=auth, timeout=60,
+                           json={"prompts": ["def "], "max_tokens": 4, "temperature": 0})
+    assert generated.status_code == 200 and generated.headers["x-anvil-served-by"] == "hrm-demo"
+    assert len(generated.json()["completions"]) == 1
+    chat = httpx.post(f"{stack.url}/v1/chat/completions", headers=auth, timeout=60, json={
+        "model": "hrm-demo", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4})
+    assert chat.status_code == 200 and chat.headers["x-anvil-served-by"] == "hrm-demo", chat.text
     admin = httpx.get(f"{stack.url}/admin/login/", timeout=5)
     assert admin.status_code == 200
 

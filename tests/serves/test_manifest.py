@@ -42,14 +42,14 @@ def test_the_seed_format_imports_with_dir_expanded_and_defaults_filled(tmp_path:
 
 
 def test_import_is_idempotent_and_reports_changes_by_field(tmp_path: Path) -> None:
-    assert import_manifest(EXAMPLE).created == ["fast", "heavy", "claude"]
+    assert import_manifest(EXAMPLE).created == ["fast", "heavy", "hrm-demo", "claude"]
     again = import_manifest(EXAMPLE)
-    assert again.unchanged == ["fast", "heavy", "claude"] and not again.created and not again.changed
+    assert again.unchanged == ["fast", "heavy", "hrm-demo", "claude"] and not again.created and not again.changed
     edited = EXAMPLE.read_text().replace("context_limit = 65536", "context_limit = 32768")
     edited = edited.replace('groups = ["gpu0", "coding"]\n', "").replace("{dir}", str(EXAMPLE.parent))
     report = import_manifest(write(tmp_path, edited))
     assert report.changed == {"fast": ["groups", "context_limit"]}
-    assert report.unchanged == ["heavy", "claude"]
+    assert report.unchanged == ["heavy", "hrm-demo", "claude"]
     fast = Serve.objects.get(name="fast")
     assert fast.context_limit == 32768 and fast.groups == []  # a key left out is reset, not kept
 
@@ -66,7 +66,7 @@ def test_export_then_import_changes_nothing() -> None:
     exported = export_manifest(list(Serve.objects.all()), EXAMPLE.parent)
     assert "{dir}/docker-compose.yml" in exported
     report = import_rows(parse_manifest(exported, EXAMPLE.parent))  # as if read back from compose/
-    assert sorted(report.unchanged) == ["claude", "fast", "heavy"] and not report.changed
+    assert sorted(report.unchanged) == ["claude", "fast", "heavy", "hrm-demo"] and not report.changed
 
 
 @pytest.mark.parametrize(

@@ -25,10 +25,11 @@ def run_command(*args: str) -> str:
 
 
 def test_import_then_dry_run_prints_the_compose_commands_and_starts_nothing() -> None:
-    assert "3 created" in run_command("import", str(EXAMPLE))
+    assert "4 created" in run_command("import", str(EXAMPLE))
     printed = run_command("up", "--dry-run")
     compose_file = str(EXAMPLE.parent / "docker-compose.yml")
     assert f"-f {compose_file} up -d fast" in printed and f"-f {compose_file} up -d heavy" in printed
+    assert f"-f {compose_file} up -d hrm" in printed
     assert "claude" not in printed  # disabled serves are not acted on by default
     assert not ServeEvent.objects.exists()
 

@@ -70,3 +70,23 @@ def until_routed(anvil: str, key: str, expected: dict[str, str], timeout: float 
         return True
 
     wait_for(routed, timeout, f"Anvil to route {expected}")
+
+
+DEMO_CHECKPOINT = ROOT / "models" / "hrm-demo"
+
+
+@contextmanager
+def hrm_worker(log_dir: Path, name: str = "hrm-demo", checkpoint: Path = DEMO_CHECKPOINT,
+               *extra: str) -> Iterator[tuple[int, object]]:
+    """``manage.py runinference`` on a checkpoint; yields (port, process) once /readyz says ready."""
+    port = free_port()
+    argv = [sys.executable, str(ROOT / "manage.py"), "runinference", "--checkpoint", str(checkpoint), "--port",
+            str(port), "--served-model-name", name, *extra]
+    log = log_dir / f"hrm-{port}.log"
+    with running(argv, child_env(), log) as process:
+        def ready() -> bool:
+            assert process.poll() is None, log.read_text()[-3000:]
+            return _answers(f"http://127.0.0.1:{port}/readyz")
+
+        wait_for(ready, 90, f"the {name} worker to be ready")
+        yield port, process

@@ -16,6 +16,7 @@ from anvil_site.launcher import (
     Supervisor,
     beat_spec,
     embedded_redis_spec,
+    hrm_spec,
     port_is_free,
     web_spec,
     worker_spec,
@@ -29,6 +30,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--worker-concurrency", type=int, default=settings.ANVIL_WORKER_CONCURRENCY)
         parser.add_argument("--no-beat", action="store_true", help="Do not start Celery beat.")
+        parser.add_argument("--no-hrm", action="store_true",
+                            help="Do not start the in-worker HRM engine (also: ANVIL_HRM_CHECKPOINT=off).")
 
     def handle(self, *args: Any, **options: Any) -> None:
         fail_fast("Anvil")
@@ -45,6 +48,9 @@ class Command(BaseCommand):
             supervisor.say("applying migrations")
             call_command("migrate", interactive=False, verbosity=0)
             admin = ensure_admin_user()
+            hrm = None if options["no_hrm"] else settings.ANVIL_HRM_CHECKPOINT
+            if hrm is not None:
+                self._start_hrm(supervisor, hrm)
             supervisor.start(web_spec(bind.host, bind.port, f"{bind.url}/readyz"))
             supervisor.start(worker_spec(options["worker_concurrency"]))
             if not options["no_beat"]:
@@ -57,6 +63,23 @@ class Command(BaseCommand):
             supervisor.stop_all()
         if code:
             raise SystemExit(code)
+
+    def _start_hrm(self, supervisor: Supervisor, checkpoint: Any) -> None:
+        import json
+
+        from serves.workers import register_worker
+
+        port, name = settings.ANVIL_HRM_PORT, settings.ANVIL_HRM_SERVE
+        if not (checkpoint / "config.json").is_file():
+            raise LaunchError(f"ANVIL_HRM_CHECKPOINT={checkpoint} is not a checkpoint (no config.json). Train one "
+                              f"with `python manage.py trainhrm --out DIR`, or set ANVIL_HRM_CHECKPOINT=off.")
+        if not port_is_free("127.0.0.1", port):
+            raise LaunchError(f"127.0.0.1:{port} (ANVIL_HRM_PORT) is already in use; choose another port.")
+        supervisor.start(hrm_spec(checkpoint, port, name))
+        config = json.loads((checkpoint / "config.json").read_text())
+        context = config.get("max_seq_len") or config.get("n_positions")
+        register_worker(name, port, name, tier=settings.ANVIL_HRM_TIER, context_limit=context)
+        supervisor.say(f"serve {name!r} (engine hrm) registered at http://127.0.0.1:{port}/v1")
 
     def _banner(self, supervisor: Supervisor, admin: Any) -> None:
         bind = settings.ANVIL_BIND
