@@ -42,8 +42,8 @@ class Stack:
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
     port = free_port()
-    env = child_env(ANVIL_BIND=f"127.0.0.1:{port}", ANVIL_VAR_DIR=str(tmp_path / "var"), ANVIL_HRM_PORT=str(free_port()),
-                    ANVIL_ADMIN_PASSWORD="launcher-test-pass", NO_COLOR="1")
+    env = child_env(ANVIL_BIND=f"127.0.0.1:{port}", ANVIL_VAR_DIR=str(tmp_path / "var"),
+                    ANVIL_HRM_PORT=str(free_port()), ANVIL_ADMIN_PASSWORD="launcher-test-pass", NO_COLOR="1")
     log = tmp_path / "stack.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(manage("runstack"), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
