@@ -15,7 +15,17 @@ import torch
 from tokenizers import Tokenizer
 
 from inference.hrm.checkpoint import EOS, CheckpointError
+from inference.hrm.config import HRMConfig
 from inference.hrm.engine import QueueFull, SamplingParams, Sequence, TokenScore, top_scores
+
+
+def baseline_depth(config: HRMConfig) -> int:
+    """GPT-2 layers doing the HRM's work per token: the blocks its unrolled cycles apply.
+
+    With the same width, vocabulary and per-token depth the two engines do about the same
+    arithmetic per token, so tokens/s compares the engines rather than the models.
+    """
+    return config.h_cycles * (config.l_cycles * config.l_layers + config.h_layers)
 
 
 def build_gpt2(directory: Path, tokenizer: Tokenizer, *, d_model: int, layers: int, heads: int, max_seq_len: int,
@@ -83,19 +93,18 @@ class HFEngine:
             torch.manual_seed(params.seed)
         want_logprobs = any(s.params.logprobs is not None for s in sequences)
         sample = params.temperature > 0
+        streamer = _Streamer(sequences, self.tokenizer, self.eos_id)  # tokens reach clients as they are made
         out = self.model.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=params.max_tokens, do_sample=sample,
             temperature=params.temperature if sample else None, top_p=params.top_p if sample else None, top_k=None,
-            pad_token_id=pad, eos_token_id=None if params.ignore_eos else self.eos_id,
+            pad_token_id=pad, eos_token_id=None if params.ignore_eos else self.eos_id, streamer=streamer,
             return_dict_in_generate=True, output_logits=want_logprobs)
         new = out.sequences[:, width:].tolist()
         for row, sequence in enumerate(sequences):
-            for step, token in enumerate(new[row]):
-                if sequence.finished:
-                    break
-                if sequence.params.logprobs is not None:
+            if sequence.params.logprobs is not None:
+                taken = len(sequence.output) + (1 if sequence.finish_reason == "stop" else 0)
+                for step, token in enumerate(new[row][:taken]):
                     sequence.scores += top_scores(out.logits[step][row][None], [token], sequence.params.logprobs)
-                sequence.append(token, self.tokenizer, self.eos_id)
             if not sequence.finished:
                 sequence.finish_reason = "length"
 
@@ -104,3 +113,22 @@ class HFEngine:
         tokens = tokens[-self.max_seq_len:]
         logits = self.model(torch.tensor([tokens], device=self.device)).logits
         return top_scores(logits[0, :-1], tokens[1:], top)
+
+
+class _Streamer:
+    """transformers' streamer protocol: ``put`` gets the prompt once, then each step's new tokens."""
+
+    def __init__(self, sequences: list[Sequence], tokenizer: Tokenizer, eos_id: int | None) -> None:
+        self.sequences, self.tokenizer, self.eos_id = sequences, tokenizer, eos_id
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for sequence, token in zip(self.sequences, value.reshape(len(self.sequences), -1)[:, -1].tolist(),
+                                   strict=True):
+            sequence.append(token, self.tokenizer, self.eos_id)
+
+    def end(self) -> None:
+        return None

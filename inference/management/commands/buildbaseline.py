@@ -19,7 +19,7 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=0)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from inference.hrm.baseline import build_gpt2
+        from inference.hrm.baseline import baseline_depth, build_gpt2
         from inference.hrm.checkpoint import load_checkpoint
 
         model, tokenizer = load_checkpoint(options["like"])
@@ -28,8 +28,3 @@ class Command(BaseCommand):
                    heads=model.config.n_heads, max_seq_len=model.config.max_seq_len, seed=options["seed"])
         self.stdout.write(f"GPT-2 baseline: {layers} layers, d_model {model.config.d_model} -> {options['out']}")
 
-
-def baseline_depth(config: Any) -> int:
-    # The same number of transformer blocks applied per token as the HRM's unrolled cycles: the two
-    # engines then do the same work per token, and tokens/s compares the engines, not the models.
-    return config.h_cycles * (config.l_cycles * config.l_layers + config.h_layers)
