@@ -71,6 +71,23 @@ class HRMCache:
         return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
 
 
+@dataclass(frozen=True)
+class DecodeStep:
+    """One batched decode step, worked out once and shared by every unrolled attention layer."""
+
+    positions: torch.Tensor  # (B,) each row's position
+    rows: torch.Tensor  # (B,) 0..B-1
+    span: int  # cache positions any row can see
+    visible: torch.Tensor  # (B, 1, 1, span) what each row may attend to
+
+    @classmethod
+    def of(cls, positions: torch.Tensor) -> DecodeStep:
+        span = int(positions.max()) + 1
+        visible = torch.arange(span, device=positions.device)[None, :] <= positions[:, None]
+        return cls(positions, torch.arange(positions.shape[0], device=positions.device), span,
+                   visible[:, None, None, :])
+
+
 class Attention(nn.Module):
     def __init__(self, config: HRMConfig) -> None:
         super().__init__()
@@ -79,20 +96,17 @@ class Attention(nn.Module):
         self.out = nn.Linear(config.d_model, config.d_model, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: HRMCache | None,
-                slot: int, start: int, positions: torch.Tensor | None = None) -> torch.Tensor:
+                slot: int, start: int, step: DecodeStep | None = None) -> torch.Tensor:
         batch, steps, width = x.shape  # (B, T, C)
         q, k, v = self.qkv(x).view(batch, steps, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (B, H, T, D)
-        if positions is not None:
+        if step is not None:
             # Batched decode: one new token per row, each row at its own position.
             assert cache is not None and steps == 1
-            rows = torch.arange(batch, device=x.device)
-            cache.keys[slot, rows, :, positions] = k[:, :, 0]
-            cache.values[slot, rows, :, positions] = v[:, :, 0]
-            span = int(positions.max()) + 1
-            keys, values = cache.keys[slot, :batch, :, :span], cache.values[slot, :batch, :, :span]
-            visible = torch.arange(span, device=x.device)[None, :] <= positions[:, None]  # (B, span)
-            attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None, None, :])
+            cache.keys[slot, step.rows, :, step.positions] = k[:, :, 0]
+            cache.values[slot, step.rows, :, step.positions] = v[:, :, 0]
+            keys, values = cache.keys[slot, :batch, :, :step.span], cache.values[slot, :batch, :, :step.span]
+            attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=step.visible)
             return self.out(attended.transpose(1, 2).reshape(batch, steps, width))
         if cache is not None:
             cache.keys[slot, :, :, start:start + steps] = k
@@ -130,8 +144,8 @@ class Block(nn.Module):
         self.norm1, self.norm2 = RMSNorm(config.d_model, config.norm_eps), RMSNorm(config.d_model, config.norm_eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: HRMCache | None, slot: int,
-                start: int, positions: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.norm1(x + self.attention(x, cos, sin, cache, slot, start, positions))
+                start: int, step: DecodeStep | None = None) -> torch.Tensor:
+        x = self.norm1(x + self.attention(x, cos, sin, cache, slot, start, step))
         return self.norm2(x + self.mlp(x))
 
 
@@ -142,10 +156,10 @@ class ReasoningModule(nn.Module):
 
     def forward(self, state: torch.Tensor, injection: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: HRMCache | None, first_slot: int, start: int,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
+                step: DecodeStep | None = None) -> torch.Tensor:
         hidden = state + injection
         for offset, block in enumerate(self.blocks):
-            hidden = block(hidden, cos, sin, cache, first_slot + offset, start, positions)
+            hidden = block(hidden, cos, sin, cache, first_slot + offset, start, step)
         return hidden
 
 
@@ -207,7 +221,8 @@ class HRM(nn.Module):
         Rows 0..B-1 of the cache are the batch; each row's earlier positions must be in its cache.
         """
         config = self.config
-        if int(positions.max()) >= config.max_seq_len:
+        step = DecodeStep.of(positions)
+        if step.span > config.max_seq_len:
             raise ValueError(f"a position reaches max_seq_len {config.max_seq_len}")
         x = self.embed(tokens[:, None]) * self.embed_scale  # (B, 1, C)
         cos, sin = self.rope(x.device, x.dtype)
@@ -218,8 +233,8 @@ class HRM(nn.Module):
         slot = 0
         for _ in range(config.h_cycles):
             for _ in range(config.l_cycles):
-                z_low = self.low(z_low, z_high + x, cos, sin, cache, slot, 0, positions)
+                z_low = self.low(z_low, z_high + x, cos, sin, cache, slot, 0, step)
                 slot += config.l_layers
-            z_high = self.high(z_high, z_low, cos, sin, cache, slot, 0, positions)
+            z_high = self.high(z_high, z_low, cos, sin, cache, slot, 0, step)
             slot += config.h_layers
         return self.lm_head(z_high[:, 0])
