@@ -186,6 +186,7 @@ CELERY_BEAT_SCHEDULE = {
     "routing-prune-decisions": {"task": "routing.prune_decisions", "schedule": 3600.0},
     "routing-mark-stale-profiles": {"task": "routing.mark_stale_profiles", "schedule": 60.0,
                                     "options": {"expires": 55}},
+    "evals-reap-abandoned-runs": {"task": "evals.reap_abandoned_runs", "schedule": 300.0},
 }
 
 # --- Docker and Compose (the serve lifecycle) -------------------------------

@@ -1,0 +1,111 @@
+"""python manage.py runeval KIND [--serve NAME | --base-url URL --model M] [KIND options] [--queue]
+
+One subcommand per registered runner (evals.runs.RUNNERS): planning, bootstrap,
+and whatever kinds are registered later. Runs here, with a progress bar when
+stderr is a terminal, or with ``--queue`` as a Celery task.
+
+Exit status: 0 done (and the gate, if any, passed); 1 the run failed;
+2 bad input (unknown serve, bad target or parameters); 3 the gate failed;
+4 the run was cancelled; 130 interrupted with Ctrl-C (the run is recorded cancelled).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
+
+from evals.errors import EvalError
+from evals.models import EvalRun
+from evals.runs import RUNNERS, Progress, create_run, enqueue_run, execute_run, runner_module, runner_spec
+from evals.targets import Target, resolve_target
+
+EXIT_RUN_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_GATE_FAILED = 3
+EXIT_CANCELLED = 4
+EXIT_INTERRUPTED = 130
+
+
+class TerminalProgress:
+    """A one-line progress bar redrawn in place; a newline when the run ends."""
+
+    WIDTH = 30
+    CLEAR_TO_END = "\x1b[K"  # a shorter line must not leave the end of a longer one behind
+
+    def __init__(self, stream: OutputWrapper) -> None:
+        self.stream = stream
+
+    def __call__(self, progress: Progress) -> None:
+        filled = int(self.WIDTH * progress.done / progress.total) if progress.total else 0
+        line = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {progress.done}/{progress.total}"
+        if progress.status != "running":
+            line += f" {progress.status}\n"
+        elif progress.note:
+            line += f" {progress.note[:60]}"
+        self.stream.write("\r" + self.CLEAR_TO_END + line, ending="")
+        self.stream.flush()
+
+
+class Command(BaseCommand):
+    help = "Run an eval: " + ", ".join(sorted(RUNNERS)) + "."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="kind", required=True)
+        for kind in sorted(RUNNERS):
+            spec = RUNNERS[kind]
+            kind_parser = sub.add_parser(kind, help=spec.help)
+            if spec.needs_target:
+                kind_parser.add_argument("--serve", help="a serve from the serves table")
+                kind_parser.add_argument("--base-url", help="any OpenAI-compatible endpoint, e.g. http://host:8000/v1")
+                kind_parser.add_argument("--model", help="the model id to ask for at --base-url")
+            kind_parser.add_argument("--queue", action="store_true",
+                                     help="enqueue it for a Celery worker instead of running it here")
+            kind_parser.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+            extra = getattr(runner_module(kind), "add_arguments", None)
+            if extra is not None:
+                extra(kind_parser)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        kind = options["kind"]
+        try:
+            spec = runner_spec(kind)
+            module = runner_module(kind)
+            target: Target | None = None
+            if spec.needs_target:
+                target = resolve_target(serve=options.get("serve"), base_url=options.get("base_url"),
+                                        model=options.get("model"))
+            to_parameters = getattr(module, "parameters_from_options", None)
+            parameters = to_parameters(options) if to_parameters is not None else {}
+            run = create_run(kind, target=target, parameters=parameters, requested_by="cli")
+        except EvalError as exc:
+            raise CommandError(_explain(exc), returncode=EXIT_BAD_INPUT) from None
+
+        if options["queue"]:
+            enqueue_run(run.pk)
+            self.stdout.write(f"queued {kind} run {run.pk}")
+            return
+
+        show = not options["no_progress"] and self.stderr.isatty()
+        try:
+            run = execute_run(run.pk, listeners=[TerminalProgress(self.stderr)] if show else [])
+        except KeyboardInterrupt:
+            raise CommandError(f"{kind} run {run.pk} interrupted; recorded as cancelled",
+                               returncode=EXIT_INTERRUPTED) from None
+        self._report(run)
+
+    def _report(self, run: EvalRun) -> None:
+        for line in run.summary.get("lines", []):
+            self.stdout.write(line)
+        where = f"{run.kind} run {run.pk}"
+        if run.status == EvalRun.Status.FAILED:
+            raise CommandError(f"{where} failed: {run.error}", returncode=EXIT_RUN_FAILED)
+        if run.status == EvalRun.Status.CANCELLED:
+            raise CommandError(f"{where} cancelled: {run.error}", returncode=EXIT_CANCELLED)
+        if run.gate_passed is False:
+            raise CommandError(f"{where}: the gate failed", returncode=EXIT_GATE_FAILED)
+        self.stdout.write(f"{where} {run.status}" + (", gate passed" if run.gate_passed else ""))
+
+
+def _explain(exc: EvalError) -> str:
+    return f"{exc.message}\n  hint: {exc.hint}" if exc.hint else exc.message
