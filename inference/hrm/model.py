@@ -37,8 +37,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        variance = x.float().pow(2).mean(-1, keepdim=True)
-        return (x.float() * torch.rsqrt(variance + self.eps)).to(x.dtype) * self.weight
+        # One fused op (decoding is bound by the number of ops per token, not by arithmetic), in fp32.
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype) * self.weight
 
 
 def rope_tables(config: HRMConfig, device: torch.device | str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,8 +98,9 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: HRMCache | None,
                 slot: int, start: int, step: DecodeStep | None = None) -> torch.Tensor:
         batch, steps, width = x.shape  # (B, T, C)
-        q, k, v = self.qkv(x).view(batch, steps, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (B, H, T, D)
+        qkv = self.qkv(x).view(batch, steps, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(qkv[:2], cos, sin)  # queries and keys rotated together: (B, H, T, D) each
+        v = qkv[2]
         if step is not None:
             # Batched decode: one new token per row, each row at its own position.
             assert cache is not None and steps == 1
