@@ -78,6 +78,12 @@ register(RunnerSpec("planning", "evals.runners.planning",
                     "offline, deterministic structural grading of the committed planning bake-off"))
 register(RunnerSpec("bootstrap", "evals.runners.bootstrap",
                     "replay the committed eval fixtures into the candidate quality profile"))
+register(RunnerSpec("preflight", "evals.runners.preflight",
+                    "the correctness gate: needle in a haystack, tool calls, structured JSON, coding",
+                    needs_target=True))
+register(RunnerSpec("benchmark", "evals.runners.benchmark",
+                    "capacity (TTFT, TPOT, ITL, latency, throughput) and quality with a pass-rate floor",
+                    needs_target=True))
 
 
 def runner_spec(kind: str) -> RunnerSpec:

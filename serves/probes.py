@@ -23,7 +23,7 @@ class ProbeResult:
     detail: str = ""
 
 
-def _auth_headers(serve: Serve) -> dict[str, str]:
+def auth_headers(serve: Serve) -> dict[str, str]:
     # The key is read from the environment at the moment of the call: it is
     # never stored in the database, never logged.
     key = os.environ.get(serve.api_key_env, "") if serve.api_key_env else ""
@@ -40,7 +40,7 @@ def probe(serve: Serve) -> ProbeResult:
     base = serve.effective_base_url
     if not base:
         return ProbeResult(Health.UNKNOWN, detail="no base_url or port")
-    headers = _auth_headers(serve)
+    headers = auth_headers(serve)
     with httpx.Client(timeout=PROBE_TIMEOUT, headers=headers) as client:
         health, detail = Health.UNKNOWN, ""
         if serve.is_local and serve.health_path:

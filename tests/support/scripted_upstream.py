@@ -3,7 +3,11 @@
     python tests/support/scripted_upstream.py --port 9001 [--deltas 64 --delay-ms 20]
 
 The scenario is picked by a marker in the last user message, ``[[NAME]]``:
-text (default), tool, text+tool, error500, error400, midstream, slow, badjson, truncated;
+text (default), tool, text+tool, error500, error400, midstream, slow, badjson, truncated, and
+diligent (a non-streamed answer that does what the request asks: calls the offered tool with the
+city the question names, fills a JSON schema, finds a passphrase, writes the asked-for function,
+answers the benchmark's questions; streamed, it is ``text``), exhausted (a blank answer cut off by
+max_tokens: a reasoning model that spent its budget thinking);
 ``--force-scenario NAME`` makes every request that scenario (a serve that always misbehaves).
 Usage numbers are fixed and distinctive (prompt 11 / input 13) so tests can
 tell relayed usage from estimated usage. Every request is recorded:
@@ -52,6 +56,41 @@ def scenario_of(body: dict[str, Any]) -> str:
     return found[-1] if found else "text"
 
 
+def _last_user_text(body: dict[str, Any]) -> str:
+    for message in reversed(body.get("messages") or []):
+        if message.get("role") == "user" and isinstance(message.get("content"), str):
+            return message["content"]
+    return ""
+
+
+def diligent_answer(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """What a model that follows instructions would answer (the preflight and benchmark cases)."""
+    text = _last_user_text(body)
+    if body.get("tools"):
+        city = re.search(r" in ([A-Z][a-z]+)", text)
+        arguments = json.dumps({"city": city.group(1) if city else "nowhere"})
+        return {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": tool_name(body), "arguments": arguments}}]}, \
+            "tool_calls"
+    schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema")
+    if schema:
+        samples = {"string": "x", "boolean": True, "integer": 1, "number": 1.5}
+        value = {key: samples.get(spec.get("type"), None) for key, spec in schema.get("properties", {}).items()}
+        return {"role": "assistant", "content": json.dumps(value)}, "stop"
+    if (found := re.search(r"The secret passphrase is ([\w-]+)\.", text)) is not None:
+        return {"role": "assistant", "content": found.group(1)}, "stop"
+    if (found := re.search(r"function `(\w+)\(([^)]*)\)`", text)) is not None:
+        code = f"def {found.group(1)}({found.group(2)}):\n    return max(low, min(value, high))\n"
+        return {"role": "assistant", "content": f"```python\n{code}```"}, "stop"
+    if (found := re.search(r"What is (\d+) \+ (\d+)", text)) is not None:
+        return {"role": "assistant", "content": str(int(found.group(1)) + int(found.group(2)))}, "stop"
+    if (found := re.search(r"'(\w+)' backwards", text)) is not None:
+        return {"role": "assistant", "content": found.group(1)[::-1]}, "stop"
+    if "capital of France" in text:
+        return {"role": "assistant", "content": "Paris"}, "stop"
+    return {"role": "assistant", "content": "I do not know."}, "stop"
+
+
 def tool_name(body: dict[str, Any]) -> str:
     for tool in body.get("tools") or []:
         name = (tool.get("function") or {}).get("name") or tool.get("name")
@@ -85,6 +124,10 @@ class Script:
     def _chat_whole(self, scenario: str, body: dict[str, Any], model: str) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": "".join(f"tok{i} " for i in range(self.deltas))}
         finish = "length" if scenario == "truncated" else "stop"
+        if scenario == "diligent":
+            message, finish = diligent_answer(body)
+        elif scenario == "exhausted":
+            message, finish = {"role": "assistant", "content": ""}, "length"
         if scenario in ("tool", "text+tool", "badjson"):
             arguments = "".join(TOOL_ARGS) if scenario != "badjson" else '{"city": Paris'
             message = {"role": "assistant", "content": "Let me check." if scenario == "text+tool" else None,
