@@ -20,6 +20,7 @@ api.register("decisions", DecisionViewSet, basename="decision")
 
 urlpatterns = [
     path("", views.console, name="console"),
+    path("console/evals/", include("evals.urls")),
     path("admin/", admin.site.urls),
     # The schema is documentation: public, so clients can generate code from it.
     path("api/schema/", SpectacularAPIView.as_view(permission_classes=[AllowAny]), name="api-schema"),

@@ -8,7 +8,9 @@ from __future__ import annotations
 from django.urls import path
 
 from anvil_site.consumers import StackStatusConsumer
+from evals.consumers import EvalProgressConsumer
 
 websocket_urlpatterns = [
     path("ws/status/", StackStatusConsumer.as_asgi()),
+    path("ws/evals/", EvalProgressConsumer.as_asgi()),
 ]

@@ -13,6 +13,7 @@ from typing import Any
 
 from celery import shared_task
 
+from evals.live import ProgressPublisher
 from evals.runs import create_run, execute_run, reap_abandoned_runs
 from evals.targets import resolve_target
 
@@ -29,8 +30,10 @@ def _result(run: Any) -> dict[str, object]:
 
 @shared_task(name="evals.run_eval", time_limit=EVAL_TIME_LIMIT, soft_time_limit=EVAL_TIME_LIMIT - 60)
 def run_eval(run_id: int) -> dict[str, object]:
-    """Run a queued run; a run that is not queued any more (run already, cancelled) is left alone."""
-    return _result(execute_run(run_id))
+    """Run a queued run; a run that is not queued any more (run already, cancelled) is left alone.
+
+    Its progress is published to the console's pages as it is written (evals.live)."""
+    return _result(execute_run(run_id, listeners=[ProgressPublisher()]))
 
 
 @shared_task(name="evals.scheduled_run", time_limit=EVAL_TIME_LIMIT, soft_time_limit=EVAL_TIME_LIMIT - 60)
@@ -40,7 +43,7 @@ def scheduled_run(kind: str, serve: str = "", base_url: str = "", model: str = "
     target = resolve_target(serve=serve or None, base_url=base_url or None, model=model or None) \
         if (serve or base_url) else None
     run = create_run(kind, target=target, parameters=parameters, requested_by="schedule")
-    return _result(execute_run(run.pk))
+    return _result(execute_run(run.pk, listeners=[ProgressPublisher()]))
 
 
 @shared_task(name="evals.reap_abandoned_runs", time_limit=120, soft_time_limit=90)

@@ -9,6 +9,7 @@ import pytest
 from django.conf import settings
 
 from anvil_site.launcher import embedded_redis_spec, redis_answers
+from tests.support.browser import browser  # noqa: F401  (a fixture, for every test package)
 from tests.support.waiting import wait_for
 
 

@@ -56,14 +56,14 @@ def live_anvil(log_dir: Path, **env: str) -> Iterator[str]:
         yield url
 
 
-def until_routed(anvil: str, key: str, expected: dict[str, str], timeout: float = 10) -> None:
+def until_routed(anvil: str, key: str, expected: dict[str, str], timeout: float = 10, prompt: str = "hi") -> None:
     """Wait until Anvil's web process (which refreshes serves and profile in the background) routes
-    each named serve with the expected verdict when pinned."""
+    each named serve with the expected verdict when pinned (``prompt`` picks the work class)."""
 
     def routed() -> bool:
         for serve, verdict in expected.items():
             decision = httpx.post(f"{anvil}/v1/route", headers={"x-api-key": key}, timeout=5, json={
-                "model": serve, "messages": [{"role": "user", "content": "hi"}]}).json()
+                "model": serve, "messages": [{"role": "user", "content": prompt}]}).json()
             first = (decision.get("candidates") or [{}])[0]
             if (first.get("serve"), first.get("verdict")) != (serve, verdict):
                 return False

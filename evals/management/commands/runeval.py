@@ -16,6 +16,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 
 from evals.errors import EvalError
+from evals.live import ProgressPublisher
 from evals.models import EvalRun
 from evals.runs import RUNNERS, Progress, create_run, enqueue_run, execute_run, runner_module, runner_spec
 from evals.targets import Target, resolve_target
@@ -87,8 +88,10 @@ class Command(BaseCommand):
             return
 
         show = not options["no_progress"] and self.stderr.isatty()
+        # The console's runs page shows a run started here as it goes, like one a worker runs.
+        listeners = [ProgressPublisher(), *([TerminalProgress(self.stderr)] if show else [])]
         try:
-            run = execute_run(run.pk, listeners=[TerminalProgress(self.stderr)] if show else [])
+            run = execute_run(run.pk, listeners=listeners)
         except KeyboardInterrupt:
             raise CommandError(f"{kind} run {run.pk} interrupted; recorded as cancelled",
                                returncode=EXIT_INTERRUPTED) from None

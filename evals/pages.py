@@ -1,0 +1,312 @@
+"""What the console's eval pages show, read from the database in the shapes their templates draw.
+
+Read models only: every change an operator makes goes through the domain
+actions (``evals.launch``, ``evals.runs``, ``evals.review``, ``evals.profile_loop``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core.paginator import Page, Paginator
+from django.db.models import QuerySet
+from django.utils.safestring import SafeString
+
+from evals import launch
+from evals.charts import Bin, Series, bar_chart, histogram, histogram_bins
+from evals.live import progress_percent
+from evals.models import EvalResult, EvalRun, Grade, ProfilePromotion
+from evals.profile_loop import CellChange, ProfileDiff, profile_diff
+from evals.review import review_queue
+from routing.models import ProfileEntry, WorkClass
+from routing.staleness import changed_fields
+from serves.models import Serve
+
+RUNS_PER_PAGE = 25
+RESULTS_PER_PAGE = 50
+GRADES_PER_PAGE = 20
+
+# What the benchmark runner writes into run.summary["capacity"], one entry per level.
+LATENCY_METRICS = (("ttft_ms", "Time to first token"), ("tpot_ms", "Time per output token"),
+                   ("itl_ms", "Inter-token latency"), ("e2el_ms", "End-to-end latency"))
+LATENCY_STATS = ("mean", "p50", "p90", "p99")
+CHARTED_PERCENTILES = ("p50", "p90", "p99")
+SUMMARY_DRAWN_ELSEWHERE = ("lines", "capacity")
+# A benchmark's quality part: shown as a table, in this order, when the summary has it.
+QUALITY_FIELDS = ("answered", "passed", "failed", "budget_exhausted", "errors", "pass_rate")
+
+
+# --- runs ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunRow:
+    run: EvalRun
+    percent: int
+
+
+def runs_page(page: str | int | None, *, kind: str = "", status: str = "") -> tuple[Page, list[RunRow]]:
+    """Newest runs first, optionally of one kind or status; the page and its rows with their progress."""
+    runs: QuerySet[EvalRun] = EvalRun.objects.select_related("target_serve")
+    if kind:
+        runs = runs.filter(kind=kind)
+    if status:
+        runs = runs.filter(status=status)
+    found = Paginator(runs, RUNS_PER_PAGE).get_page(page)
+    return found, [RunRow(run, progress_percent(run)) for run in found]
+
+
+# --- one run --------------------------------------------------------------------
+@dataclass(frozen=True)
+class Histogram:
+    title: str
+    unit: str
+    count: int
+    bins: list[Bin]
+    chart: SafeString
+
+
+@dataclass(frozen=True)
+class LatencyRow:
+    label: str
+    stats: tuple[float | None, ...]  # LATENCY_STATS, in order
+
+
+@dataclass(frozen=True)
+class LatencyBlock:
+    metric: str
+    title: str
+    rows: list[LatencyRow]
+    chart: SafeString
+
+
+@dataclass(frozen=True)
+class CapacityLevel:
+    label: str
+    concurrency: int | None
+    rate: float | None
+    requests: int | None
+    completed: int | None
+    failed: int | None
+    duration_s: float | None
+    request_throughput: float | None
+    output_throughput: float | None
+    latencies: dict[str, dict[str, float | None]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Capacity:
+    levels: list[CapacityLevel]
+    throughput_charts: list[SafeString]
+    latency: list[LatencyBlock]
+
+
+@dataclass(frozen=True)
+class RunPage:
+    run: EvalRun
+    percent: int
+    parameters: str
+    summary_lines: list[str]
+    summary_rest: str
+    verdicts: list[tuple[str, int]]
+    results: Page
+    histograms: list[Histogram]
+    capacity: Capacity | None
+    quality: list[tuple[str, Any]]
+
+
+def _number(raw: Any) -> float | None:
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+        return None
+    return float(raw)
+
+
+def _whole(raw: Any) -> int | None:
+    number = _number(raw)
+    return int(number) if number is not None else None
+
+
+def capacity_levels(summary: dict[str, Any]) -> list[CapacityLevel]:
+    """The levels of a benchmark's summary; a malformed entry is skipped, a missing number is None."""
+    raw = summary.get("capacity") if isinstance(summary, dict) else None
+    if not isinstance(raw, list):
+        return []
+    levels = []
+    for index, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            continue
+        concurrency, rate = _whole(entry.get("concurrency")), _number(entry.get("rate"))
+        label = entry.get("label")
+        if not isinstance(label, str) or not label:
+            label = (f"c={concurrency}" if concurrency is not None
+                     else f"rate={rate}/s" if rate is not None else f"level {index + 1}")
+        latencies = {}
+        for metric, _ in LATENCY_METRICS:
+            stats = entry.get(metric)
+            if isinstance(stats, dict):
+                latencies[metric] = {name: _number(stats.get(name)) for name in LATENCY_STATS}
+        levels.append(CapacityLevel(label, concurrency, rate, _whole(entry.get("requests")),
+                                    _whole(entry.get("completed")), _whole(entry.get("failed")),
+                                    _number(entry.get("duration_s")), _number(entry.get("request_throughput")),
+                                    _number(entry.get("output_throughput")), latencies))
+    return levels
+
+
+def capacity(summary: dict[str, Any]) -> Capacity | None:
+    levels = capacity_levels(summary)
+    if not levels:
+        return None
+    labels = [level.label for level in levels]
+    charts = [
+        bar_chart("Output throughput per level", labels,
+                  [Series("output tokens/s", tuple(level.output_throughput for level in levels))], unit="tokens/s"),
+        bar_chart("Request throughput per level", labels,
+                  [Series("requests/s", tuple(level.request_throughput for level in levels))], unit="requests/s"),
+    ]
+    blocks = []
+    for metric, title in LATENCY_METRICS:
+        if not any(metric in level.latencies for level in levels):
+            continue
+        stats = [level.latencies.get(metric, {}) for level in levels]
+        series = [Series(name, tuple(one.get(name) for one in stats)) for name in CHARTED_PERCENTILES]
+        rows = [LatencyRow(level.label, tuple(one.get(name) for name in LATENCY_STATS))
+                for level, one in zip(levels, stats, strict=True)]
+        blocks.append(LatencyBlock(metric, title, rows, bar_chart(f"{title} (p50, p90, p99)", labels, series,
+                                                                    unit="ms")))
+    return Capacity(levels, charts, blocks)
+
+
+def _histogram(title: str, values: list[float], unit: str) -> Histogram | None:
+    bins = histogram_bins(values)
+    if not bins:
+        return None
+    return Histogram(title, unit, len(values), bins, histogram(title, bins, unit=unit))
+
+
+def run_page(run: EvalRun, results_page: str | int | None) -> RunPage:
+    summary = run.summary if isinstance(run.summary, dict) else {}
+    lines = summary.get("lines")
+    results = EvalResult.objects.filter(run=run).select_related("case").order_by("pk")
+    timings = list(results.values_list("latency_s", "ttft_s"))
+    histograms = [found for found in (
+        _histogram("Latency of its results", [t[0] for t in timings if t[0] is not None], "s"),
+        _histogram("Time to first token of its results", [t[1] for t in timings if t[1] is not None], "s"),
+    ) if found is not None]
+    verdicts = Counter(results.values_list("verdict", flat=True))
+    return RunPage(
+        run=run, percent=progress_percent(run),
+        parameters=json.dumps(run.parameters, indent=2, sort_keys=True),
+        summary_lines=[str(line) for line in lines] if isinstance(lines, list) else [],
+        summary_rest=json.dumps({k: v for k, v in summary.items() if k not in SUMMARY_DRAWN_ELSEWHERE},
+                                indent=2, sort_keys=True, default=str),
+        verdicts=sorted(verdicts.items()),
+        results=Paginator(results, RESULTS_PER_PAGE).get_page(results_page),
+        histograms=histograms,
+        capacity=capacity(summary),
+        quality=quality_rows(summary),
+    )
+
+
+def quality_rows(summary: dict[str, Any]) -> list[tuple[str, Any]]:
+    """A benchmark's quality tally as (name, value) rows; empty when the summary has none."""
+    found = summary.get("quality")
+    if not isinstance(found, dict):
+        return []
+    return [(name.replace("_", " "), found[name]) for name in QUALITY_FIELDS if name in found]
+
+
+# --- the review queue -------------------------------------------------------------
+def review_page(page: str | int | None, source: str = "") -> Page:
+    """Pending automatic grades, oldest first, optionally from one source (verifier or judge)."""
+    queue = review_queue().select_related("result__case", "judge_serve")
+    if source:
+        queue = queue.filter(source=source)
+    return Paginator(queue, GRADES_PER_PAGE).get_page(page)
+
+
+def review_counts() -> dict[str, int]:
+    counts = dict.fromkeys((Grade.Source.VERIFIER, Grade.Source.JUDGE), 0)
+    for source in review_queue().values_list("source", flat=True):
+        counts[source] = counts.get(source, 0) + 1
+    return counts
+
+
+# --- the profile: candidate beside live ---------------------------------------------
+@dataclass(frozen=True)
+class MatrixRow:
+    kind: str
+    subject: str
+    cells: list[CellChange | None]  # one per work class; None where neither profile has the cell
+
+
+@dataclass(frozen=True)
+class StaleCell:
+    profile: str
+    work_class: str
+    decision: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class StaleServe:
+    serve: Serve
+    cells: list[StaleCell]
+    pending: EvalRun | None
+
+
+@dataclass(frozen=True)
+class ProfilePage:
+    diff: ProfileDiff
+    work_classes: list[str]
+    rows: list[MatrixRow]
+    changes: list[CellChange]
+    counts: dict[str, int]
+    stale: list[StaleServe]
+    last_promotion: ProfilePromotion | None
+    reeval_kind: str
+
+
+def matrix_rows(diff: ProfileDiff, work_classes: list[str]) -> list[MatrixRow]:
+    """Subjects (serves, then tiers, by name) by work class, each cell the change from live to candidate."""
+    by_subject: dict[tuple[str, str], dict[str, CellChange]] = {}
+    for change in diff.changes:
+        by_subject.setdefault((change.kind, change.subject), {})[change.work_class] = change
+    return [MatrixRow(kind, subject, [cells.get(work_class) for work_class in work_classes])
+            for (kind, subject), cells in sorted(by_subject.items())]
+
+
+def stale_serves() -> list[StaleServe]:
+    """Serves with a profile cell that no longer describes them (marked stale, or their identity changed)."""
+    serves = {serve.name: serve for serve in Serve.objects.order_by("name")}
+    found: dict[str, list[StaleCell]] = {}
+    entries = ProfileEntry.objects.filter(kind=ProfileEntry.Kind.SERVE, subject__in=list(serves))\
+        .order_by("subject", "profile", "work_class")
+    for entry in entries:
+        serve = serves[entry.subject]
+        if entry.stale:
+            reason = entry.stale_reason or "marked stale"
+        elif entry.fingerprint and entry.fingerprint != serve.fingerprint():
+            changes = changed_fields(entry.identity, serve.identity()) if entry.identity else []
+            reason = "identity changed: " + "; ".join(changes) if changes else "identity fingerprint changed"
+        else:
+            continue
+        found.setdefault(entry.subject, []).append(StaleCell(entry.profile, entry.work_class, entry.decision, reason))
+    pending: dict[str, EvalRun] = {}
+    for run in EvalRun.objects.filter(kind=launch.REEVAL_KIND, target_name__in=list(found),
+                                      status__in=(EvalRun.Status.QUEUED, EvalRun.Status.RUNNING))\
+            .order_by("created_at", "pk"):
+        pending[run.target_name] = run  # the newest wins
+    return [StaleServe(serves[name], cells, pending.get(name)) for name, cells in sorted(found.items())]
+
+
+def profile_page() -> ProfilePage:
+    diff = profile_diff()
+    work_classes = list(WorkClass.values)
+    return ProfilePage(
+        diff=diff, work_classes=work_classes, rows=matrix_rows(diff, work_classes),
+        changes=[change for change in diff.changes if change.status != "unchanged"], counts=diff.counts(),
+        stale=stale_serves(), last_promotion=ProfilePromotion.objects.first(), reeval_kind=launch.REEVAL_KIND,
+    )
+
