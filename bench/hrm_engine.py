@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
         tokens = torch.tensor(work, device=device)
 
         def recompute(tokens: torch.Tensor, steps: int) -> torch.Tensor:
-            context = torch.autocast("cuda", dtype=autocast) if autocast is not None else _null()
+            context = torch.autocast("cuda", dtype=autocast) if autocast is not None else nullcontext()
             with context:
                 for _ in range(steps):
                     logits, _ = model(tokens)
@@ -172,14 +173,6 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if device.startswith("cuda"):
         result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return result
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def child(name: str, args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:

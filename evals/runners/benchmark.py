@@ -20,6 +20,7 @@ from evals.client import Client, TargetRefused, headers_for
 from evals.errors import BadParameters, BadTarget
 from evals.load import Level, RequestRecord, run_level, summarize
 from evals.models import EvalResult
+from evals.parameters import from_options, number, reject_unknown, whole
 from evals.runs import RunContext, RunOutcome
 from evals.targets import check_reachable
 from routing.models import WorkClass
@@ -54,35 +55,20 @@ def add_arguments(parser: CommandParser) -> None:
 
 
 def parameters_from_options(options: dict[str, Any]) -> dict[str, Any]:
-    return {name: options[name] for name in PARAMETERS if options.get(name) is not None}
-
-
-def _whole(value: Any, name: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise BadParameters(f"{name} is a whole number from {low} to {high}, not {value!r}")
-    return value
-
-
-def _number(value: Any, name: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise BadParameters(f"{name} is a number from {low:g} to {high:g}, not {value!r}")
-    return float(value)
+    return from_options(options, PARAMETERS)
 
 
 def clean_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(parameters) - set(PARAMETERS))
-    if unknown:
-        raise BadParameters(f"unknown benchmark parameter(s): {', '.join(unknown)}",
-                            hint=f"known: {', '.join(PARAMETERS)}")
+    reject_unknown("benchmark", parameters, PARAMETERS)
     p = parameters
     clean: dict[str, Any] = {
-        "concurrency": [_whole(c, "concurrency", 1, 1024) for c in _list(p.get("concurrency", [1, 4]), "concurrency")],
-        "rates": [_number(r, "rates", 0.01, 10_000) for r in _list(p.get("rates", []), "rates")],
-        "requests": _whole(p.get("requests", 16), "requests", 1, 100_000),
-        "max_tokens": _whole(p.get("max_tokens", 64), "max_tokens", 1, 1_000_000),
-        "repeats": _whole(p.get("repeats", 3), "repeats", 1, 1000),
-        "min_pass_rate": _number(p.get("min_pass_rate", 0.8), "min_pass_rate", 0, 1),
-        "temperature": _number(p.get("temperature", 0.7), "temperature", 0, 2),
+        "concurrency": [whole(c, "concurrency", 1, 1024) for c in _list(p.get("concurrency", [1, 4]), "concurrency")],
+        "rates": [number(r, "rates", 0.01, 10_000) for r in _list(p.get("rates", []), "rates")],
+        "requests": whole(p.get("requests", 16), "requests", 1, 100_000),
+        "max_tokens": whole(p.get("max_tokens", 64), "max_tokens", 1, 1_000_000),
+        "repeats": whole(p.get("repeats", 3), "repeats", 1, 1000),
+        "min_pass_rate": number(p.get("min_pass_rate", 0.8), "min_pass_rate", 0, 1),
+        "temperature": number(p.get("temperature", 0.7), "temperature", 0, 2),
         "prompt": p.get("prompt", DEFAULT_PROMPT),
         "ignore_eos": bool(p.get("ignore_eos", False)),
         "parts": [part for part in PARTS if part in _list(p.get("parts", list(PARTS)), "parts")],
@@ -94,7 +80,7 @@ def clean_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     if "capacity" in clean["parts"] and not clean["concurrency"] and not clean["rates"]:
         raise BadParameters("capacity needs at least one concurrency level or rate")
     if p.get("min_output_throughput") is not None:
-        clean["min_output_throughput"] = _number(p["min_output_throughput"], "min_output_throughput", 0, 1e9)
+        clean["min_output_throughput"] = number(p["min_output_throughput"], "min_output_throughput", 0, 1e9)
     return clean
 
 
@@ -179,8 +165,8 @@ def _capacity(ctx: RunContext, level: Level, p: dict[str, Any], index: int) -> d
         raise outcome["error"]
     records, duration = outcome["records"], outcome["duration"]
     ctx.advance(len(records) - reported)
-    for number, record in enumerate(records, start=1):
-        ctx.record(name=f"{level.label} #{number}", work_class=WorkClass.CHAT,
+    for index, record in enumerate(records, start=1):
+        ctx.record(name=f"{level.label} #{index}", work_class=WorkClass.CHAT,
                    verdict=Verdict.PASS if record.ok else Verdict.ERROR, latency_s=record.e2el, ttft_s=record.ttft,
                    completion_tokens=record.output_tokens or None, finish_reason=record.finish_reason[:32],
                    error=record.error[:2000], details={"level": level.label, "itl_s": [round(g, 6) for g in record.itl],
@@ -191,11 +177,11 @@ def _capacity(ctx: RunContext, level: Level, p: dict[str, Any], index: int) -> d
 def _quality(ctx: RunContext, questions: list[tuple[str, str]], p: dict[str, Any]) -> dict[str, Any]:
     tally = {"passed": 0, "failed": 0, "budget_exhausted": 0, "errors": 0}
     with Client(ctx.target) as client:  # type: ignore[arg-type]
-        for number, (question, expected) in enumerate(ctx.each(questions, label=lambda q: q[0][:60]), start=1):
-            name = f"quality #{number}: {question[:80]}"
+        for index, (question, expected) in enumerate(ctx.each(questions, label=lambda q: q[0][:60]), start=1):
+            name = f"quality #{index}: {question[:80]}"
             try:
                 answer = client.chat([{"role": "user", "content": question}], max_tokens=p["max_tokens"],
-                                     temperature=p["temperature"], seed=number)
+                                     temperature=p["temperature"], seed=index)
             except TargetRefused as exc:
                 ctx.record(name=name, work_class=WorkClass.CHAT, verdict=Verdict.ERROR, error=str(exc)[:2000])
                 tally["errors"] += 1

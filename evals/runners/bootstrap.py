@@ -25,6 +25,7 @@ from django.core.management.base import CommandParser
 
 from evals.errors import BadParameters, FixtureError
 from evals.models import EvalResult, Grade
+from evals.parameters import reject_unknown
 from evals.runs import RunContext, RunOutcome
 from routing.models import ProfileEntry, WorkClass
 
@@ -53,10 +54,7 @@ def parameters_from_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def clean_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(parameters) - set(PARAMETERS))
-    if unknown:
-        raise BadParameters(f"unknown bootstrap parameter(s): {', '.join(unknown)}",
-                            hint=f"known: {', '.join(PARAMETERS)}")
+    reject_unknown("bootstrap", parameters, PARAMETERS)
     fixtures = parameters.get("fixtures")
     if fixtures is not None and (not isinstance(fixtures, str) or not fixtures):
         raise BadParameters("fixtures is a directory path")

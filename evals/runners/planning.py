@@ -25,6 +25,7 @@ from django.core.management.base import CommandParser
 
 from evals.errors import BadParameters, FixtureError
 from evals.models import EvalCase, EvalResult, EvalSuite, RunKind
+from evals.parameters import from_options, number, reject_unknown
 from evals.plan_rubric import DIMENSIONS, RUBRIC, Requirement, grade_plan
 from evals.planning_report import GradedPlan, build_report, render_json, render_markdown
 from evals.runs import RunContext, RunOutcome
@@ -51,15 +52,11 @@ def add_arguments(parser: CommandParser) -> None:
 
 
 def parameters_from_options(options: dict[str, Any]) -> dict[str, Any]:
-    return {name: str(options[name]) if isinstance(options.get(name), Path) else options.get(name)
-            for name in PARAMETERS if options.get(name) is not None}
+    return from_options(options, PARAMETERS)
 
 
 def clean_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(parameters) - set(PARAMETERS))
-    if unknown:
-        raise BadParameters(f"unknown planning parameter(s): {', '.join(unknown)}",
-                            hint=f"known: {', '.join(PARAMETERS)}")
+    reject_unknown("planning", parameters, PARAMETERS)
     clean: dict[str, Any] = {}
     for name in ("fixtures", "out"):
         if parameters.get(name) is not None:
@@ -71,11 +68,8 @@ def clean_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(only, list) or not all(isinstance(name, str) and name for name in only):
             raise BadParameters("only is a list of serve names")
         clean["only"] = sorted(set(only))
-    floor = parameters.get("min_quality")
-    if floor is not None:
-        if isinstance(floor, bool) or not isinstance(floor, int | float) or not 0 <= floor <= 1:
-            raise BadParameters(f"min_quality is a number from 0 to 1, not {floor!r}")
-        clean["min_quality"] = float(floor)
+    if parameters.get("min_quality") is not None:
+        clean["min_quality"] = number(parameters["min_quality"], "min_quality", 0, 1)
     return clean
 
 

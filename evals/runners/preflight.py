@@ -19,6 +19,7 @@ from django.core.management.base import CommandParser
 from evals.client import Answer, Client, TargetRefused
 from evals.errors import BadParameters, BadTarget
 from evals.models import EvalResult
+from evals.parameters import from_options, number, reject_unknown, whole
 from evals.preflight_checks import Probe, coding, judge, needle, structured_json, tool_batch
 from evals.runs import RunContext, RunOutcome
 from evals.targets import check_reachable
@@ -41,21 +42,15 @@ def add_arguments(parser: CommandParser) -> None:
 
 
 def parameters_from_options(options: dict[str, Any]) -> dict[str, Any]:
-    return {name: options[name] for name in PARAMETERS if options.get(name) is not None}
+    return from_options(options, PARAMETERS)
 
 
 def clean_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(parameters) - set(PARAMETERS))
-    if unknown:
-        raise BadParameters(f"unknown preflight parameter(s): {', '.join(unknown)}",
-                            hint=f"known: {', '.join(PARAMETERS)}")
+    reject_unknown("preflight", parameters, PARAMETERS)
     clean: dict[str, Any] = {}
     for name, low, high in (("needle_ctx", 64, 2_000_000), ("tool_batch", 1, 64)):
-        value = parameters.get(name)
-        if value is not None:
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise BadParameters(f"{name} is a whole number from {low} to {high}, not {value!r}")
-            clean[name] = value
+        if parameters.get(name) is not None:
+            clean[name] = whole(parameters[name], name, low, high)
     depths = parameters.get("needle_depths")
     if depths is not None:
         if not isinstance(depths, list) or not depths or not all(
@@ -67,11 +62,8 @@ def clean_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(checks, list) or not checks or not set(checks) <= set(CHECKS):
             raise BadParameters(f"checks is a list drawn from {', '.join(CHECKS)}")
         clean["checks"] = [c for c in CHECKS if c in checks]
-    floor = parameters.get("min_pass")
-    if floor is not None:
-        if isinstance(floor, bool) or not isinstance(floor, int | float) or not 0 <= floor <= 1:
-            raise BadParameters(f"min_pass is a number from 0 to 1, not {floor!r}")
-        clean["min_pass"] = float(floor)
+    if parameters.get("min_pass") is not None:
+        clean["min_pass"] = number(parameters["min_pass"], "min_pass", 0, 1)
     return clean
 
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import httpx
@@ -14,8 +13,7 @@ import torch
 from inference.hrm.baseline import HFEngine, build_gpt2
 from inference.hrm.checkpoint import train_tokenizer
 from inference.hrm.engine import SamplingParams, Sequence
-from tests.support.processes import free_port, manage, running
-from tests.support.waiting import wait_for
+from tests.support.live import hrm_worker
 
 
 @pytest.fixture(scope="module")
@@ -48,20 +46,8 @@ def test_batched_answers_equal_one_at_a_time_and_scores_equal_the_logits(gpt2: P
 
 @pytest.mark.slow
 def test_runinference_serves_a_transformers_directory(gpt2: Path, tmp_path: Path) -> None:
-    port = free_port()
-    log = tmp_path / "worker.log"
-    with running(manage("runinference", "--checkpoint", str(gpt2), "--port", str(port)), dict(os.environ),
-                 log) as worker:
+    with hrm_worker(tmp_path, gpt2.name, gpt2) as (port, _process):
         url = f"http://127.0.0.1:{port}"
-
-        def ready() -> bool:
-            assert worker.poll() is None, log.read_text()[-3000:]
-            try:
-                return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(ready, 90, "the baseline worker to be ready")
         body = httpx.post(f"{url}/generate", json={"prompts": ["The quick", "fox"], "max_tokens": 5,
                                                    "temperature": 0}, timeout=60).json()
         assert len(body["completions"]) == 2 and body["usage"]["completion_tokens"] <= 10

@@ -14,8 +14,7 @@ import torch
 from inference.hrm.checkpoint import load_checkpoint, save_checkpoint, train_tokenizer
 from inference.hrm.config import HRMConfig
 from inference.hrm.model import HRM
-from tests.support.processes import free_port, manage, running
-from tests.support.waiting import wait_for
+from tests.support.live import hrm_worker
 
 pytestmark = pytest.mark.slow
 
@@ -31,24 +30,9 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def worker(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
-    port = free_port()
-    log = tmp_path_factory.mktemp("logs") / "worker.log"
-    import os
-
-    with running(manage("runinference", "--checkpoint", str(checkpoint), "--port", str(port),
-                        "--served-model-name", "hrm-tiny", "--max-tokens", "64"), dict(os.environ), log) as process:
-        url = f"http://127.0.0.1:{port}"
-
-        def ready() -> bool:
-            assert process.poll() is None, log.read_text()[-3000:]
-            try:
-                return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(ready, 60, "the worker to be ready")
-        yield url, process
+def worker(checkpoint: Path, module_logs: Path) -> Iterator[tuple[str, object]]:
+    with hrm_worker(module_logs, "hrm-tiny", checkpoint, ("--max-tokens", "64")) as (port, process):
+        yield f"http://127.0.0.1:{port}", process
 
 
 def test_generate_returns_completions_and_usage(worker) -> None:  # type: ignore[no-untyped-def]

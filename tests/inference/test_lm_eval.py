@@ -4,20 +4,18 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.support.processes import child_env, free_port, manage, running
+from tests.support.live import hrm_worker
+from tests.support.processes import child_env, running
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
 DATA = Path(__file__).parent / "lm_eval_data" / "questions.jsonl"
-DEMO = Path(__file__).resolve().parents[2] / "models" / "hrm-demo"
 
 def _write_tasks(directory: Path) -> None:
     data = str(DATA)
@@ -56,20 +54,8 @@ def test_lm_eval_local_completions_runs_against_the_worker(tmp_path: Path) -> No
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     _write_tasks(tasks)
-    port = free_port()
-    log = tmp_path / "worker.log"
-    with running(manage("runinference", "--checkpoint", str(DEMO), "--port", str(port), "--served-model-name",
-                        "hrm-demo"), dict(os.environ), log) as worker:
+    with hrm_worker(tmp_path) as (port, _worker):
         url = f"http://127.0.0.1:{port}"
-
-        def ready() -> bool:
-            assert worker.poll() is None, log.read_text()[-3000:]
-            try:
-                return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(ready, 60, "the worker to be ready")
         out = tmp_path / "results"
         env = child_env(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                         HF_HOME=str(tmp_path / "hf"), OPENAI_API_KEY="unused")

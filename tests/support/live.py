@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -77,8 +78,9 @@ DEMO_CHECKPOINT = ROOT / "models" / "hrm-demo"
 
 @contextmanager
 def hrm_worker(log_dir: Path, name: str = "hrm-demo", checkpoint: Path = DEMO_CHECKPOINT,
-               *extra: str) -> Iterator[tuple[int, object]]:
-    """``manage.py runinference`` on a checkpoint; yields (port, process) once /readyz says ready."""
+               extra: tuple[str, ...] = ()) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """``manage.py runinference`` on a checkpoint (an HRM or a transformers directory); yields
+    (port, process) once /readyz says ready."""
     port = free_port()
     argv = [sys.executable, str(ROOT / "manage.py"), "runinference", "--checkpoint", str(checkpoint), "--port",
             str(port), "--served-model-name", name, *extra]
