@@ -238,8 +238,9 @@ def embedded_redis_spec(socket_path: Path, work_dir: Path) -> ChildSpec:
         "--unixsocket", str(socket_path),
         "--unixsocketperm", "700",
         "--dir", str(work_dir),
-        "--save", "",
-        "--appendonly", "no",
+        "--save", "",  # no snapshots: the append-only file is the persistence
+        # Queued decision records and tasks survive a restart; a crash loses at most ~1 s of writes.
+        "--appendonly", "yes", "--appendfsync", "everysec",
         "--daemonize", "no",
         "--loglevel", "warning",
     ]

@@ -3,15 +3,21 @@
 ``MetricsMiddleware`` wraps the whole ASGI application, so the front door and
 Django pages are measured the same way. Routes are labelled by the dispatcher
 (``scope["anvil.route"]``), never by raw path, so label cardinality is bounded.
-Each process exposes its own numbers at ``/metrics``.
+Each process exposes its own numbers at ``/metrics``, except
+``anvil_decisions_dropped_total``: decision records dropped anywhere (most by the
+drain, in a Celery worker nobody scrapes), read from Redis at scrape time, so every
+web process reports the same shared total.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 # Streams last minutes: the top buckets cover long generations.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -23,6 +29,25 @@ LATENCY = Histogram(
     ["route", "status"],
     buckets=LATENCY_BUCKETS,
 )
+
+
+class SharedCounter(Collector):
+    """A counter kept elsewhere (Redis), refreshed by ``metrics_app`` before each scrape."""
+
+    def __init__(self, name: str, documentation: str, label: str) -> None:
+        self.name, self.documentation, self.label = name, documentation, label
+        self.values: dict[str, int] = {}
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=[self.label])
+        for value, count in sorted(self.values.items()):
+            family.add_metric([value], count)
+        yield family
+
+
+DECISIONS_DROPPED = SharedCounter("anvil_decisions_dropped",
+                                  "Decision records dropped (by every process) instead of being written.", "reason")
+REGISTRY.register(DECISIONS_DROPPED)
 
 
 class MetricsMiddleware:
@@ -52,6 +77,9 @@ class MetricsMiddleware:
 
 async def metrics_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """GET /metrics in the Prometheus text format."""
+    from routing.decision_log import DECISION_LOG  # needs Django's apps: imported once they are ready
+
+    DECISIONS_DROPPED.values = await DECISION_LOG.dropped_totals()
     body = generate_latest()
     headers = [(b"content-type", CONTENT_TYPE_LATEST.encode()), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
