@@ -186,7 +186,8 @@ CELERY_BEAT_SCHEDULE = {
     "routing-prune-decisions": {"task": "routing.prune_decisions", "schedule": 3600.0},
     "routing-mark-stale-profiles": {"task": "routing.mark_stale_profiles", "schedule": 60.0,
                                     "options": {"expires": 55}},
-    "evals-reap-abandoned-runs": {"task": "evals.reap_abandoned_runs", "schedule": 300.0},
+    # A run whose worker died and was not taken over is failed within minutes (evals/runs.py, leases).
+    "evals-reap-abandoned-runs": {"task": "evals.reap_abandoned_runs", "schedule": 60.0, "options": {"expires": 55}},
 }
 
 # --- Docker and Compose (the serve lifecycle) -------------------------------
@@ -253,6 +254,11 @@ LOGGING = {
         "django": {"level": "INFO" if LOG_LEVEL == "DEBUG" else LOG_LEVEL},
         "daphne": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},  # one INFO line per request is noise
+# --- evals ------------------------------------------------------------------
+# A worker running an eval run holds a lease on it this long, renewed every sixth of it; a lease that
+# lapses means the worker died: a redelivery of the task takes the run over, else the reaper fails it.
+ANVIL_EVAL_LEASE_SECONDS = env.env_float("ANVIL_EVAL_LEASE_SECONDS", 45.0, minimum=2.0)
+
         # The decision-log drain runs every second: a line per task run would bury everything else.
         "celery.app.trace": {"level": "WARNING"},
         "celery.worker.strategy": {"level": "WARNING"},

@@ -110,7 +110,12 @@ class EvalRun(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True,
-                                        help_text="Last progress write: a running run that stops beating was lost.")
+                                        help_text="Last sign of life from the worker running it.")
+    lease_expires_at = models.DateTimeField(null=True, blank=True,
+                                            help_text="The worker running it holds it until then; every heartbeat "
+                                            "extends it. Lapsed: the worker is gone, and the run may be taken over.")
+    attempt = models.PositiveIntegerField(default=0, help_text="How many times a worker claimed it; more than one: "
+                                          "it was taken over after a worker running it was lost.")
 
     class Meta:
         ordering = ["-created_at", "-pk"]

@@ -2,7 +2,22 @@
 
 A run is a row first (``create_run``), then work: ``execute_run(run_id)`` claims
 it with a conditional UPDATE (queued -> running), so a Celery task delivered
-twice, or a command and a task racing, run it once. The runner for the run's
+twice, or a command and a task racing, run it once.
+
+The worker that claimed a run holds a lease on it (``lease_expires_at``,
+``ANVIL_EVAL_LEASE_SECONDS``), renewed by every progress write and, while a case
+takes long, by a heartbeat thread. A lease that lapses means its worker is gone
+(SIGKILL, out of memory). Celery requeues the task of a pool process that died
+(``acks_late`` + ``reject_on_worker_lost``); that delivery waits for the lease to
+lapse, takes the run over with a conditional UPDATE (two deliveries never run it
+at once), and restarts it from the beginning: the dead attempt's results are
+dropped, and the summary notes the recovery. Restart, not resume: runners build
+their summaries (a report, tallies, a level's percentiles) from the cases they
+ran, so a resumed run would summarise half of them. Every write of the run's own
+row is fenced by ``attempt``: a worker that lost its lease stops before its next
+case instead of writing over its successor. The reaper fails a running run
+whose lease lapsed and that nobody took over. A cancelled run is never taken
+over: it is recorded cancelled. The runner for the run's
 kind does the work through a ``RunContext``: it records results and grades as it
 goes, reports progress (written to the row at most every
 ``PROGRESS_WRITE_INTERVAL``; every change is handed to the listeners, e.g. a
@@ -25,6 +40,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -33,7 +49,9 @@ from datetime import datetime, timedelta
 from types import ModuleType
 from typing import Any, TypeVar
 
-from django.db import transaction
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from evals.errors import BadParameters, BadTarget, EvalError, RunCancelled, RunStateError, UnknownRunKind
@@ -50,10 +68,25 @@ Status = EvalRun.Status
 # second is live enough, and a fast runner (thousands of cases a second) must
 # not turn every case into a database write.
 PROGRESS_WRITE_INTERVAL = 0.5
-# A running run whose worker died (OOM, SIGKILL) never finishes by itself: no
-# progress write for this long means nobody is running it. Runners with long
-# cases call ``ctx.heartbeat()``.
-ABANDONED_AFTER = timedelta(minutes=30)
+# The lease is renewed this many times within its length: a few missed beats (a
+# slow database write) do not lose it, and a dead worker is noticed within one lease.
+HEARTBEATS_PER_LEASE = 6
+# A run that kills its worker every time (it runs it out of memory) is failed after
+# this many claims, not redelivered forever.
+MAX_ATTEMPTS = 3
+
+
+def lease_seconds() -> float:
+    """How long a claim holds a run without a heartbeat (``ANVIL_EVAL_LEASE_SECONDS``)."""
+    return float(settings.ANVIL_EVAL_LEASE_SECONDS)
+
+
+class RunLost(Exception):
+    """The worker's lease on its run lapsed and the run was taken over or reaped: stop, write nothing more.
+
+    Outside ``EvalError`` for the reason ``RunCancelled`` is: a runner that records a failed case
+    on ``EvalError`` must not swallow it.
+    """
 
 
 # --- the registry of runners, by kind ----------------------------------------
@@ -140,6 +173,23 @@ def create_run(kind: str, *, target: Target | None = None, parameters: dict[str,
     )
 
 
+def run_for_task(task_id: str | None, kind: str, *, target: Target | None = None,
+                 parameters: dict[str, Any] | None = None, requested_by: str = "") -> EvalRun:
+    """The run a scheduled task makes: made on the task's first delivery, found again on a redelivery.
+
+    A redelivery (its worker died mid-run) then takes that run over instead of starting a second one
+    beside it.
+    """
+    if task_id:
+        made = EvalRun.objects.filter(celery_task_id=task_id).first()
+        if made is not None:
+            return made
+    run = create_run(kind, target=target, parameters=parameters, requested_by=requested_by)
+    if task_id:
+        EvalRun.objects.filter(pk=run.pk).update(celery_task_id=task_id)
+    return run
+
+
 def enqueue_run(run_id: int) -> str:
     """Hand a queued run to a Celery worker once the current transaction commits; returns the task id."""
     from evals import tasks
@@ -171,13 +221,115 @@ def cancel_run(run_id: int) -> EvalRun:
 
 
 def reap_abandoned_runs(now: datetime | None = None) -> int:
-    """Fail running runs that stopped beating (their worker died); returns how many."""
+    """Fail running runs whose worker died and that no redelivery took over; returns how many.
+
+    A lapsed lease gets one more lease's time for a redelivery of its task to take the run over
+    first (a redelivery claims within a second of the lapse). What is left had no redelivery: the
+    whole worker was killed, or the run came from ``runeval`` at a terminal. A run an operator had
+    asked to stop is recorded cancelled instead.
+    """
     now = now or timezone.now()
-    cutoff = now - ABANDONED_AFTER
-    return EvalRun.objects.filter(status=Status.RUNNING, heartbeat_at__lt=cutoff).update(
-        status=Status.FAILED, finished_at=now,
-        error=f"abandoned: no progress for {int(ABANDONED_AFTER.total_seconds() // 60)} minutes "
-              "(the worker running it stopped)")
+    cutoff = now - timedelta(seconds=lease_seconds())
+    reaped = 0
+    for run in EvalRun.objects.filter(_lapsed(cutoff), status=Status.RUNNING):
+        lost = _lost_at(run)
+        if run.cancel_requested:
+            status, error = Status.CANCELLED, f"cancelled; the worker running it was lost ({lost})"
+        else:
+            status, error = Status.FAILED, (f"abandoned: the worker running it was lost ({lost}) "
+                                            "and no worker took it over")
+        reaped += EvalRun.objects.filter(_lapsed(cutoff), pk=run.pk, status=Status.RUNNING,
+                                         attempt=run.attempt).update(status=status, finished_at=now,
+                                                                     progress_note="", error=error)
+    return reaped
+
+
+def _lapsed(at: datetime) -> Q:
+    """Running rows whose lease had lapsed at ``at`` (a row from before leases: its last heartbeat)."""
+    legacy = at - timedelta(seconds=lease_seconds())
+    return (Q(lease_expires_at__lt=at) | Q(lease_expires_at__isnull=True, heartbeat_at__lt=legacy)
+            | Q(lease_expires_at__isnull=True, heartbeat_at__isnull=True))
+
+
+def _lease_fields(now: datetime) -> dict[str, datetime]:
+    return {"heartbeat_at": now, "lease_expires_at": now + timedelta(seconds=lease_seconds())}
+
+
+def _lost_at(run: EvalRun) -> str:
+    beat = f"no heartbeat since {run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC" if run.heartbeat_at else "no heartbeat"
+    return f"{beat}, at {run.progress_done}/{run.progress_total} cases"
+
+
+# --- claiming: a queued run, or a running one whose worker died -----------------
+def claim_run(run_id: int) -> EvalRun | None:
+    """Claim ``run_id`` for this worker: the row, now held by us, or None where it is not ours to run.
+
+    Queued: claimed at once. Running under a lapsed lease: taken over (see ``_take_over``).
+    Finished, cancelled, or running under a live lease (a second delivery while its worker
+    lives): None.
+    """
+    now = timezone.now()
+    if EvalRun.objects.filter(pk=run_id, status=Status.QUEUED).update(
+            status=Status.RUNNING, started_at=now, attempt=F("attempt") + 1, **_lease_fields(now)):
+        return EvalRun.objects.get(pk=run_id)
+    return _take_over(run_id)
+
+
+def _take_over(run_id: int) -> EvalRun | None:
+    """Wait for the lease on a running run to lapse, then claim it; None if it finished or is still held.
+
+    Celery redelivers the task the moment the pool process running it dies, while the lease that
+    process held is still live: wait that lease out. A lease that moves meanwhile has a live holder
+    (this is a duplicate delivery): leave the run to it.
+    """
+    poll = min(1.0, lease_seconds() / HEARTBEATS_PER_LEASE)
+    seen: datetime | None = None
+    while True:
+        run = EvalRun.objects.get(pk=run_id)
+        if run.status != Status.RUNNING:
+            log.info("eval run %s is %s: not run again", run_id, run.status)
+            return None
+        now = timezone.now()
+        if not EvalRun.objects.filter(_lapsed(now), pk=run_id).exists():
+            held_until = run.lease_expires_at or (run.heartbeat_at or now) + timedelta(seconds=lease_seconds())
+            if seen is not None and held_until != seen:
+                log.info("eval run %s is running, and its worker renews its lease: not run again", run_id)
+                return None
+            seen = held_until
+            time.sleep(min(poll, max((held_until - now).total_seconds(), 0.0) + 0.05))
+            continue
+        claimed = _claim_lapsed(run, now)
+        if claimed is not None or not EvalRun.objects.filter(pk=run_id, status=Status.RUNNING).exists():
+            return claimed
+        # Another delivery took it first (or it moved on): look again, and leave it to that one.
+
+
+def _claim_lapsed(run: EvalRun, now: datetime) -> EvalRun | None:
+    """The run whose lease lapsed: cancelled if an operator asked it to stop, failed after ``MAX_ATTEMPTS``,
+    else claimed by this worker and restarted from its first case."""
+    held = EvalRun.objects.filter(_lapsed(now), pk=run.pk, status=Status.RUNNING, attempt=run.attempt)
+    lost = _lost_at(run)
+    if run.cancel_requested:
+        held.update(status=Status.CANCELLED, finished_at=now, progress_note="",
+                    error=f"cancelled; the worker running it was lost ({lost})")
+        return None
+    if run.attempt >= MAX_ATTEMPTS:
+        held.update(status=Status.FAILED, finished_at=now, progress_note="",
+                    error=f"the worker running it was lost {run.attempt} times, the last {lost}; not run again "
+                          "(does it run the worker out of memory?)")
+        return None
+    recovery = {"attempt": run.attempt + 1, "taken_over_at": now.isoformat(), "lost": lost}
+    recoveries = [*(run.summary or {}).get("recovered", []), recovery]
+    with transaction.atomic():
+        if not held.filter(cancel_requested=False).update(
+                attempt=F("attempt") + 1, progress_done=0, progress_total=0, progress_note="",
+                summary={"recovered": recoveries}, **_lease_fields(now)):
+            return None
+        # Restarted from the beginning: the dead attempt's results would count its cases twice.
+        EvalResult.objects.filter(run_id=run.pk).delete()
+    log.warning("eval run %s (%s): the worker running attempt %s was lost (%s); attempt %s restarts it",
+                run.pk, run.kind, run.attempt, lost, run.attempt + 1)
+    return EvalRun.objects.get(pk=run.pk)
 
 
 # --- running ------------------------------------------------------------------
@@ -193,8 +345,12 @@ class RunContext:
         self.total = 0
         self.note = ""
         self.listeners = tuple(listeners)
+        self.attempt = run.attempt
+        self.recoveries: list[dict[str, Any]] = list((run.summary or {}).get("recovered", []))
+        self.lost = False  # our lease lapsed and the run was taken over or reaped
         self._clock = clock
         self._written_at = float("-inf")
+        self._renewed_at = clock()
         self._serves: dict[str, Serve | None] = {}
 
     # progress ---------------------------------------------------------------
@@ -219,20 +375,32 @@ class RunContext:
             self.advance()
 
     def check_cancelled(self) -> None:
+        self._check_held()
         if EvalRun.objects.filter(pk=self.run.pk, cancel_requested=True).exists():
             raise RunCancelled(f"run {self.run.pk} was cancelled after {self.done} of {self.total} cases")
 
     def heartbeat(self) -> None:
-        """Say the run is alive during a long case (see ``ABANDONED_AFTER``)."""
-        EvalRun.objects.filter(pk=self.run.pk).update(heartbeat_at=timezone.now())
+        """Renew the lease on the run (a heartbeat thread does this by itself while the runner works)."""
+        self._renew()
+
+    def _check_held(self) -> None:
+        if self.lost:
+            raise RunLost(f"run {self.run.pk}: attempt {self.attempt} lost its lease (taken over or reaped)")
+
+    def _renew(self, **fields: Any) -> None:
+        """Write to our own run's row, renewing the lease; a row that is not ours any more is not written."""
+        started = self._clock()
+        if not EvalRun.objects.filter(pk=self.run.pk, status=Status.RUNNING, attempt=self.attempt).update(
+                **fields, **_lease_fields(timezone.now())):
+            self.lost = True
+        self._renewed_at = started
 
     def _report(self, force: bool = False) -> None:
         now = self._clock()
         persisted = force or now - self._written_at >= PROGRESS_WRITE_INTERVAL
         if persisted:
             self._written_at = now
-            EvalRun.objects.filter(pk=self.run.pk).update(progress_done=self.done, progress_total=self.total,
-                                                           progress_note=self.note[:200], heartbeat_at=timezone.now())
+            self._renew(progress_done=self.done, progress_total=self.total, progress_note=self.note[:200])
         _tell(self.listeners, Progress(self.run.pk, self.run.kind, Status.RUNNING, self.done, self.total,
                                         self.note, persisted))
 
@@ -245,6 +413,7 @@ class RunContext:
         ``subject`` defaults to the target serve's name; a run against a bare base URL has none,
         and its results never reach the quality profile.
         """
+        self._check_held()
         if subject is None:
             subject = self.target.serve_name if self.target else ""
         if subject and subject_kind == ProfileEntry.Kind.SERVE:
@@ -270,24 +439,61 @@ class RunContext:
         return self._serves[name]
 
 
+class _Heartbeat:
+    """Renews the run's lease while the runner is inside one long case (a slow answer, a benchmark level).
+
+    Progress writes renew it too; this thread writes only when none did for a beat, so a run
+    that reports often costs no extra writes.
+    """
+
+    def __init__(self, ctx: RunContext) -> None:
+        self._ctx = ctx
+        self._every = lease_seconds() / HEARTBEATS_PER_LEASE
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"eval-run-{ctx.run.pk}-heartbeat", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)  # at most a database write that waits for a lock
+
+    def _beat(self) -> None:
+        try:
+            while not self._stop.wait(self._every / 2) and not self._ctx.lost:
+                if self._ctx._clock() - self._ctx._renewed_at < self._every:
+                    continue
+                try:
+                    self._ctx.heartbeat()
+                except Exception:
+                    # One missed beat is not a lost lease: the lease outlasts several.
+                    log.warning("eval run %s: heartbeat failed", self._ctx.run.pk, exc_info=True)
+        finally:
+            connection.close()  # this thread's own connection
+
+
 def execute_run(run_id: int, *, listeners: Sequence[ProgressListener] = (),
                 clock: Callable[[], float] = time.monotonic) -> EvalRun:
-    """Run a queued run to its end and return the finished row.
+    """Run a queued run to its end, or take over one whose worker died, and return the finished row.
 
-    A run that is not queued (already run, running elsewhere, cancelled) is
-    returned untouched: this is what makes the Celery task safe to deliver twice.
+    A run that is finished, cancelled, or running under a live lease (its worker lives) is
+    returned untouched: this is what makes the Celery task safe to deliver twice. A running run
+    whose lease lapsed (Celery redelivered the task of a pool process that died) is restarted
+    from its first case, the recovery noted in its summary (``claim_run``).
     """
-    now = timezone.now()
-    claimed = EvalRun.objects.filter(pk=run_id, status=Status.QUEUED).update(
-        status=Status.RUNNING, started_at=now, heartbeat_at=now)
-    run = EvalRun.objects.get(pk=run_id)
-    if not claimed:
-        log.info("eval run %s is %s, not queued: not run again", run_id, run.status)
-        return run
+    run = claim_run(run_id)
+    if run is None:
+        return EvalRun.objects.get(pk=run_id)
     ctx = RunContext(run, listeners, clock)
     try:
         ctx.target = target_from_run_fields(run.target_serve_id, run.base_url, run.model)
-        outcome = runner_module(run.kind).execute(ctx)
+        with _Heartbeat(ctx):
+            outcome = runner_module(run.kind).execute(ctx)
+    except RunLost as lost:
+        log.warning("eval run %s: %s; this worker stops", run_id, lost)
+        return EvalRun.objects.get(pk=run_id)
     except RunCancelled as stop:
         return _finish(ctx, Status.CANCELLED, error=str(stop))
     except EvalError as exc:
@@ -323,11 +529,18 @@ def execute_run(run_id: int, *, listeners: Sequence[ProgressListener] = (),
 def _finish(ctx: RunContext, status: str, *, summary: dict[str, Any] | None = None, gate_passed: bool | None = None,
             error: str = "", tell: bool = True) -> EvalRun:
     now = timezone.now()
-    updated = EvalRun.objects.filter(pk=ctx.run.pk, status=Status.RUNNING).update(
-        status=status, finished_at=now, heartbeat_at=now, progress_done=ctx.done, progress_total=ctx.total,
-        progress_note="", summary=summary if summary is not None else {}, gate_passed=gate_passed, error=error)
+    summary = dict(summary or {})
+    if ctx.recoveries:
+        summary["recovered"] = ctx.recoveries
+        summary["lines"] = [*summary.get("lines", []), *(
+            f"recovered: the worker running attempt {r['attempt'] - 1} was lost ({r['lost']}); "
+            f"attempt {r['attempt']} took the run over and restarted it from the beginning" for r in ctx.recoveries)]
+    updated = EvalRun.objects.filter(pk=ctx.run.pk, status=Status.RUNNING, attempt=ctx.attempt).update(
+        status=status, finished_at=now, heartbeat_at=now, lease_expires_at=None, progress_done=ctx.done,
+        progress_total=ctx.total, progress_note="", summary=summary, gate_passed=gate_passed, error=error)
     if not updated:
-        raise RunStateError(f"run {ctx.run.pk} was no longer running when it finished (reaped?)")
+        raise RunStateError(f"run {ctx.run.pk} was no longer held by attempt {ctx.attempt} when it finished "
+                            "(taken over or reaped)")
     run = EvalRun.objects.get(pk=ctx.run.pk)
     if tell:
         _tell(ctx.listeners, _final_progress(run))

@@ -11,16 +11,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
 
 from evals.live import ProgressPublisher
-from evals.runs import create_run, execute_run, reap_abandoned_runs
+from evals.runs import execute_run, reap_abandoned_runs, run_for_task
 from evals.targets import resolve_target
 
 # A benchmark sweeps concurrency levels and request rates against a real
 # serve: hours, not the default task limit. The soft limit raises inside the
 # runner, which records the run as failed instead of leaving it running.
 EVAL_TIME_LIMIT = 4 * 3600
+# A pool process killed mid-run (SIGKILL, out of memory) must not lose its run:
+# the message is acknowledged only when the task returns, and requeued when the
+# process running it dies; the redelivery takes the run over (evals/runs.py).
+# The app's settings say the same today; an eval run must not depend on that.
+REDELIVER_IF_WORKER_LOST = {"acks_late": True, "reject_on_worker_lost": True}
 
 
 def _result(run: Any) -> dict[str, object]:
@@ -28,21 +33,25 @@ def _result(run: Any) -> dict[str, object]:
             "error": run.error}
 
 
-@shared_task(name="evals.run_eval", time_limit=EVAL_TIME_LIMIT, soft_time_limit=EVAL_TIME_LIMIT - 60)
+@shared_task(name="evals.run_eval", time_limit=EVAL_TIME_LIMIT, soft_time_limit=EVAL_TIME_LIMIT - 60,
+             **REDELIVER_IF_WORKER_LOST)
 def run_eval(run_id: int) -> dict[str, object]:
-    """Run a queued run; a run that is not queued any more (run already, cancelled) is left alone.
+    """Run a queued run, or take over one whose worker died; a finished or cancelled run is left alone.
 
     Its progress is published to the console's pages as it is written (evals.live)."""
     return _result(execute_run(run_id, listeners=[ProgressPublisher()]))
 
 
-@shared_task(name="evals.scheduled_run", time_limit=EVAL_TIME_LIMIT, soft_time_limit=EVAL_TIME_LIMIT - 60)
-def scheduled_run(kind: str, serve: str = "", base_url: str = "", model: str = "",
+@shared_task(bind=True, name="evals.scheduled_run", time_limit=EVAL_TIME_LIMIT, soft_time_limit=EVAL_TIME_LIMIT - 60,
+             **REDELIVER_IF_WORKER_LOST)
+def scheduled_run(self: Task, kind: str, serve: str = "", base_url: str = "", model: str = "",
                   parameters: dict[str, Any] | None = None) -> dict[str, object]:
-    """What a beat schedule calls: make a run of ``kind`` (against ``serve`` if given) and run it here."""
+    """What a beat schedule calls: make a run of ``kind`` (against ``serve`` if given) and run it here.
+
+    A redelivery of the same task finds the run it made and takes it over."""
     target = resolve_target(serve=serve or None, base_url=base_url or None, model=model or None) \
         if (serve or base_url) else None
-    run = create_run(kind, target=target, parameters=parameters, requested_by="schedule")
+    run = run_for_task(self.request.id, kind, target=target, parameters=parameters, requested_by="schedule")
     return _result(execute_run(run.pk, listeners=[ProgressPublisher()]))
 
 

@@ -118,16 +118,26 @@ def test_progress_is_written_at_most_every_half_second_and_listeners_see_every_c
     assert all(e.persisted for e in events)
 
 
-def test_a_running_run_whose_worker_died_is_failed_by_the_reaper(tmp_path: Path) -> None:
+def test_a_running_run_whose_lease_lapsed_is_failed_by_the_reaper_within_minutes(settings: object) -> None:
     now = timezone.now()
-    lost = EvalRun.objects.create(kind="planning", status="running", started_at=now - timedelta(hours=2),
-                                  heartbeat_at=now - timedelta(hours=1))
-    alive = EvalRun.objects.create(kind="planning", status="running", started_at=now, heartbeat_at=now)
-    assert reap_abandoned_runs(now) == 1
-    lost.refresh_from_db()
-    alive.refresh_from_db()
-    assert lost.status == "failed" and "abandoned" in lost.error
-    assert alive.status == "running"
+    lease = timedelta(seconds=settings.ANVIL_EVAL_LEASE_SECONDS)  # type: ignore[attr-defined]
+
+    def running(beat: timedelta, lease_until: timedelta | None) -> EvalRun:
+        return EvalRun.objects.create(kind="planning", status="running", started_at=now - timedelta(hours=2),
+                                      heartbeat_at=now - beat, progress_done=54, progress_total=200,
+                                      lease_expires_at=None if lease_until is None else now + lease_until)
+
+    lost = running(timedelta(minutes=2) + lease, -timedelta(minutes=2))  # was reaped after 30 minutes
+    lapsing = running(lease + timedelta(seconds=5), -timedelta(seconds=5))  # a redelivery may still take it
+    alive = running(timedelta(0), lease)
+    before_leases = running(timedelta(hours=1), None)  # a row from before leases: its last heartbeat
+    assert reap_abandoned_runs(now) == 2
+    for run in (lost, lapsing, alive, before_leases):
+        run.refresh_from_db()
+    assert lost.status == before_leases.status == "failed" and lost.finished_at == now
+    assert lost.error.startswith("abandoned: the worker running it was lost (no heartbeat since ")
+    assert lost.error.endswith("at 54/200 cases) and no worker took it over")
+    assert lapsing.status == alive.status == "running"
 
 
 def test_unknown_kinds_and_bad_parameters_are_refused_before_a_run_exists() -> None:
