@@ -3,17 +3,26 @@
 ``manage.py check`` lists them; ``fail_fast()`` is what the start-up paths call
 (the launcher, ``asgi.py``, the Celery worker) so that a malformed variable stops
 Anvil before it serves anything, with a message that names the variable.
+
+``anvil.E009`` looks at rows, not variables: following Django's convention for
+checks that read the database, it runs only when asked for a database
+(``manage.py check --database default``, and ``fail_fast``), so the commands that
+repair a row (``serves import``) are never blocked by it.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 from django.conf import settings
 from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError, connections
 
 W_PUBLIC_BIND = "anvil.W001"
 W_DEBUG_PUBLIC = "anvil.W002"
+E_UPSTREAM_KEY_NAME = "anvil.E009"
 
 
 @checks.register("anvil")
@@ -61,13 +70,50 @@ def public_bind(app_configs: object = None, **kwargs: object) -> list[checks.Che
     return found
 
 
+@checks.register("anvil", checks.Tags.database)
+def upstream_key_names(app_configs: object = None, databases: Sequence[str] | None = None,
+                       **kwargs: object) -> list[checks.CheckMessage]:
+    """Serves whose api_key_env names a variable that may not be sent upstream (rows older than the rule)."""
+    if not databases:
+        return []
+    from serves.models import Serve  # models are loaded by the time checks run, not when this module imports
+    from serves.upstream_keys import ALLOWED_SHAPES, upstream_key_name_problem
+
+    found: list[checks.CheckMessage] = []
+    for alias in databases:
+        try:
+            rows = list(Serve.objects.using(alias).exclude(api_key_env="").order_by("name")
+                        .values_list("name", "api_key_env"))
+        except (DatabaseError, ImproperlyConfigured):
+            # Not migrated yet (the launcher checks before it migrates), or unusable, which
+            # anvil.E001 reports: no rows to judge.
+            continue
+        for name, variable in rows:
+            problem = upstream_key_name_problem(variable)
+            if problem is None:
+                continue
+            found.append(checks.Error(
+                f"serve {name!r}: api_key_env {problem}",
+                hint=f"Rename the variable ({ALLOWED_SHAPES}) and update the serve: `python manage.py serves "
+                "import FILE` or the admin. Anvil never sends this variable upstream.",
+                id=E_UPSTREAM_KEY_NAME,
+            ))
+    return found
+
+
 class StartupRefused(SystemExit):
     """Raised (as a SystemExit) when a start-up path finds configuration errors."""
 
 
 def fail_fast(component: str) -> None:
     """Run the anvil checks; print every error and exit when any is serious."""
-    found = checks.run_checks(tags=["anvil"])
+    found = checks.run_checks(tags=["anvil"], databases=list(connections))
+    # The row checks opened a connection in this (the main) thread; Daphne's and Celery's
+    # database work happens in other threads, so do not leave it idle for the life of the
+    # process (one inside a transaction belongs to a caller, e.g. a test: leave that alone).
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close()
     errors = [message for message in found if message.is_serious()]
     for message in found:
         if not message.is_serious() and not message.is_silenced():

@@ -59,7 +59,7 @@ ANVIL_HRM_TIER = env.env_str("ANVIL_HRM_TIER", "fast")  # only when the serve is
 # --- applications -----------------------------------------------------------
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    "anvil_site.admin_app.AnvilAdminConfig",  # django.contrib.admin, with a throttled sign-in form
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -111,8 +111,14 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 LOGIN_URL = "/admin/login/"
 
+# Sign-in throttling (anvil_site/login_throttle.py): this many failures within the window lock
+# that username, or that client address, until the window has passed; a success resets the username.
+AUTHENTICATION_BACKENDS = ["anvil_site.login_throttle.ThrottledModelBackend"]
+ANVIL_LOGIN_FAILURE_LIMIT = env.env_int("ANVIL_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+ANVIL_LOGIN_LOCKOUT_SECONDS = env.env_int("ANVIL_LOGIN_LOCKOUT_SECONDS", 900, minimum=1)
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True

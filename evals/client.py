@@ -16,7 +16,7 @@ import httpx
 from evals.errors import BadTarget, EvalError
 from evals.targets import Target, unavailable
 from serves.models import Dialect, Serve
-from serves.probes import auth_headers
+from serves.upstream_keys import upstream_auth_headers
 
 # A single eval request may generate for a while (a long context, a slow model); never forever.
 REQUEST_TIMEOUT = httpx.Timeout(300.0, connect=5.0)
@@ -54,7 +54,7 @@ def headers_for(target: Target) -> dict[str, str]:
         raise BadTarget(f"serve {serve.name} speaks {serve.dialect}; evals speak OpenAI",
                         hint=f"evaluate it through Anvil's front door: --base-url http://127.0.0.1:8000/v1 "
                              f"--model {serve.name}")
-    return {k: v for k, v in auth_headers(serve).items() if k.lower() == "authorization"}
+    return upstream_auth_headers(serve.dialect, serve.api_key_env)
 
 
 class Client:

@@ -21,6 +21,7 @@ from django.db import transaction
 
 from serves.compose import parse_up_command, up_command_text
 from serves.models import Dialect, Engine, Serve
+from serves.upstream_keys import upstream_key_name_problem
 
 
 class ManifestError(Exception):
@@ -139,6 +140,10 @@ def _parse_entry(entry: dict[str, Any], label: str, manifest_dir: Path) -> dict[
         if key in ("groups", "engine_args") and not all(isinstance(item, str) for item in value):
             raise ManifestError("expected a list of strings", label, key)
         row[field_name] = str(value) if key == "gpu" else value
+    # Refused before any row is touched: the variable's value would be sent upstream as a bearer token.
+    key_name_problem = upstream_key_name_problem(row["api_key_env"])
+    if key_name_problem is not None:
+        raise ManifestError(key_name_problem, label, "api_key_env")
     for key in ("compose_file",):
         if row[key]:
             row[key] = _expand_dir(row[key], manifest_dir)

@@ -7,6 +7,9 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
+from serves.dialects import SERVE_DIALECTS, Dialect
+from serves.upstream_keys import validate_upstream_key_name
+
 
 class Engine(models.TextChoices):
     VLLM = "vllm", "vLLM"
@@ -14,11 +17,6 @@ class Engine(models.TextChoices):
     OPENAI = "openai", "OpenAI-compatible upstream"
     ANTHROPIC = "anthropic", "Anthropic API"
     HRM = "hrm", "HRM (in-worker engine)"
-
-
-class Dialect(models.TextChoices):
-    OPENAI = "openai", "OpenAI"
-    ANTHROPIC = "anthropic", "Anthropic"
 
 
 class DockerState(models.TextChoices):
@@ -52,7 +50,7 @@ class Serve(models.Model):
     name = models.SlugField(max_length=64, unique=True)
     tier = models.SlugField(max_length=32, help_text="Cost class the router orders by, e.g. fast, heavy, cloud.")
     engine = models.CharField(max_length=16, choices=Engine.choices, default=Engine.VLLM)
-    dialect = models.CharField(max_length=16, choices=Dialect.choices, default=Dialect.OPENAI,
+    dialect = models.CharField(max_length=16, choices=SERVE_DIALECTS, default=Dialect.OPENAI.value,
                                help_text="The protocol the upstream speaks.")
     base_url = models.URLField(max_length=300, blank=True,
                                help_text="Where the API lives, e.g. http://127.0.0.1:30001/v1. "
@@ -79,8 +77,9 @@ class Serve(models.Model):
     quantization = models.CharField(max_length=50, blank=True)
     extra_body = models.JSONField(default=dict, blank=True, help_text="Merged into every request body upstream.")
     engine_args = models.JSONField(default=list, blank=True, help_text="Extra engine CLI arguments (compose render).")
-    api_key_env = models.CharField(max_length=100, blank=True,
-                                   help_text="Name of the env variable holding the upstream key (never the key).")
+    api_key_env = models.CharField(max_length=100, blank=True, validators=[validate_upstream_key_name],
+                                   help_text="Name of the env variable holding the upstream key (never the key): "
+                                   "ANVIL_UPSTREAM_KEY_<NAME> or <NAME>_API_KEY.")
     queue = models.CharField(max_length=100, blank=True,
                              help_text="Celery queue of the worker on this serve's Docker host; blank: the default.")
     enabled = models.BooleanField(default=True)
@@ -160,8 +159,6 @@ class Serve(models.Model):
             errors["extra_body"] = "extra_body is a JSON object."
         if not isinstance(self.engine_args, list) or not all(isinstance(a, str) for a in self.engine_args):
             errors["engine_args"] = "engine_args is a list of strings."
-        if self.api_key_env and not self.api_key_env.replace("_", "").isalnum():
-            errors["api_key_env"] = "The name of an environment variable (letters, digits, underscores), not a key."
         if errors:
             raise ValidationError(errors)
 

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 
 import httpx
 
-from serves.models import Engine, Health, Serve
+from serves.models import Health, Serve
+from serves.upstream_keys import upstream_auth_headers
 
 PROBE_TIMEOUT = httpx.Timeout(3.0, connect=2.0)
 NVIDIA_SMI_TIMEOUT = 10
-ANTHROPIC_VERSION = "2023-06-01"
 
 
 @dataclass(frozen=True)
@@ -23,24 +22,12 @@ class ProbeResult:
     detail: str = ""
 
 
-def auth_headers(serve: Serve) -> dict[str, str]:
-    # The key is read from the environment at the moment of the call: it is
-    # never stored in the database, never logged.
-    key = os.environ.get(serve.api_key_env, "") if serve.api_key_env else ""
-    if serve.engine == Engine.ANTHROPIC:
-        headers = {"anthropic-version": ANTHROPIC_VERSION}
-        if key:
-            headers["x-api-key"] = key
-        return headers
-    return {"Authorization": f"Bearer {key}"} if key else {}
-
-
 def probe(serve: Serve) -> ProbeResult:
     """Health (GET server root + health_path) and model ids (GET base_url/models)."""
     base = serve.effective_base_url
     if not base:
         return ProbeResult(Health.UNKNOWN, detail="no base_url or port")
-    headers = auth_headers(serve)
+    headers = upstream_auth_headers(serve.dialect, serve.api_key_env)
     with httpx.Client(timeout=PROBE_TIMEOUT, headers=headers) as client:
         health, detail = Health.UNKNOWN, ""
         if serve.is_local and serve.health_path:
