@@ -106,19 +106,20 @@ TEMPLATES = [
     },
 ]
 
+# Also applied to ANVIL_ADMIN_PASSWORD before the launcher creates the admin (anvil_site/bootstrap.py).
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
-]
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
 LOGIN_URL = "/admin/login/"
-
 # Sign-in throttling (anvil_site/login_throttle.py): this many failures within the window lock
 # that username, or that client address, until the window has passed; a success resets the username.
 AUTHENTICATION_BACKENDS = ["anvil_site.login_throttle.ThrottledModelBackend"]
 ANVIL_LOGIN_FAILURE_LIMIT = env.env_int("ANVIL_LOGIN_FAILURE_LIMIT", 5, minimum=1)
 ANVIL_LOGIN_LOCKOUT_SECONDS = env.env_int("ANVIL_LOGIN_LOCKOUT_SECONDS", 900, minimum=1)
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
@@ -218,13 +219,20 @@ ANVIL_SERVE_SYNC_INTERVAL = env.env_float("ANVIL_SERVE_SYNC_INTERVAL", 1.0, mini
 
 # Requests larger than this are refused with 413 (bytes).
 ANVIL_MAX_BODY_BYTES = env.env_int("ANVIL_MAX_BODY_BYTES", 32 * 1024 * 1024, minimum=1024)
+# The whole request body must arrive within this many seconds (a trickled body holds no request open).
+ANVIL_BODY_TIMEOUT = env.env_float("ANVIL_BODY_TIMEOUT", 30.0, minimum=0.1)
 # In-flight requests per web process, and per API key within it; over either: 429.
 ANVIL_MAX_CONCURRENCY = env.env_int("ANVIL_MAX_CONCURRENCY", 512, minimum=1)
 ANVIL_MAX_CONCURRENCY_PER_KEY = env.env_int("ANVIL_MAX_CONCURRENCY_PER_KEY", 128, minimum=1)
 # Upstream connections: pool size per web process, and timeouts (seconds).
 ANVIL_UPSTREAM_POOL_SIZE = env.env_int("ANVIL_UPSTREAM_POOL_SIZE", 256, minimum=1)
 ANVIL_UPSTREAM_CONNECT_TIMEOUT = env.env_float("ANVIL_UPSTREAM_CONNECT_TIMEOUT", 5.0, minimum=0.1)
-ANVIL_UPSTREAM_READ_TIMEOUT = env.env_float("ANVIL_UPSTREAM_READ_TIMEOUT", 600.0, minimum=0.1)
+# A first-byte timeout is not an inter-token timeout: a streamed answer's first event waits for the
+# prefill, a whole answer's first byte waits for the model to finish writing it, and once a body has
+# begun, a long silence means the serve hung.
+ANVIL_UPSTREAM_FIRST_BYTE_TIMEOUT = env.env_float("ANVIL_UPSTREAM_FIRST_BYTE_TIMEOUT", 120.0, minimum=0.1)
+ANVIL_UPSTREAM_WHOLE_ANSWER_TIMEOUT = env.env_float("ANVIL_UPSTREAM_WHOLE_ANSWER_TIMEOUT", 600.0, minimum=0.1)
+ANVIL_UPSTREAM_INTER_TOKEN_TIMEOUT = env.env_float("ANVIL_UPSTREAM_INTER_TOKEN_TIMEOUT", 60.0, minimum=0.1)
 # max_tokens sent to an Anthropic upstream when an OpenAI client gave none (Anthropic requires it).
 ANVIL_DEFAULT_MAX_TOKENS = env.env_int("ANVIL_DEFAULT_MAX_TOKENS", 4096, minimum=1)
 
@@ -246,6 +254,11 @@ ANVIL_BREAKER_PROBE_TTL = env.env_float("ANVIL_BREAKER_PROBE_TTL", 60.0, minimum
 ANVIL_DECISION_RETENTION_DAYS = env.env_int("ANVIL_DECISION_RETENTION_DAYS", 30, minimum=1)
 ANVIL_DECISION_RETENTION_ROWS = env.env_int("ANVIL_DECISION_RETENTION_ROWS", 1_000_000, minimum=1000)
 
+# --- evals ------------------------------------------------------------------
+# A worker running an eval run holds a lease on it this long, renewed every sixth of it; a lease that
+# lapses means the worker died: a redelivery of the task takes the run over, else the reaper fails it.
+ANVIL_EVAL_LEASE_SECONDS = env.env_float("ANVIL_EVAL_LEASE_SECONDS", 45.0, minimum=2.0)
+
 # --- logging: to stderr, one line per record; never request bodies ---------
 LOG_LEVEL = env.env_str("ANVIL_LOG_LEVEL", "INFO").upper()
 LOGGING = {
@@ -260,11 +273,6 @@ LOGGING = {
         "django": {"level": "INFO" if LOG_LEVEL == "DEBUG" else LOG_LEVEL},
         "daphne": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},  # one INFO line per request is noise
-# --- evals ------------------------------------------------------------------
-# A worker running an eval run holds a lease on it this long, renewed every sixth of it; a lease that
-# lapses means the worker died: a redelivery of the task takes the run over, else the reaper fails it.
-ANVIL_EVAL_LEASE_SECONDS = env.env_float("ANVIL_EVAL_LEASE_SECONDS", 45.0, minimum=2.0)
-
         # The decision-log drain runs every second: a line per task run would bury everything else.
         "celery.app.trace": {"level": "WARNING"},
         "celery.worker.strategy": {"level": "WARNING"},

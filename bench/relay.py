@@ -128,8 +128,9 @@ def stack(work: Path, with_litellm: bool):
         subprocess.run([*manage, "profile", "import", str(profile), "--profile", "live"], env=env, check=True,
                        timeout=60, capture_output=True)
         anvil_port = free_port()
-        anvil = stack.enter_context(running([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(anvil_port),
-                                           "-v", "0", "anvil_site.asgi:application"], env, work / "anvil.log"))
+        anvil = stack.enter_context(running([sys.executable, "-m", "anvil_site.webserver", "-b", "127.0.0.1",
+                                             "-p", str(anvil_port), "-v", "0", "anvil_site.asgi:application"],
+                                            env, work / "anvil.log"))
         wait_http(f"http://127.0.0.1:{anvil_port}/readyz", 60, anvil, work / "anvil.log")
         targets.append(Target("ANVIL", f"http://127.0.0.1:{anvil_port}/v1", "fast",
                               {"authorization": f"Bearer {key}"}, anvil.pid))

@@ -1,18 +1,30 @@
-"""One attempt at one serve: open the upstream, then relay (verdict allow) or hold the answer in a
-commit window, verify it, and replay it or give it up for the next candidate (allow-with-verify).
+"""One attempt at one serve: open the upstream, then relay the answer under a commit rule, or give it
+up for the next candidate.
 
-The client never sees bytes from an attempt that does not commit: an upstream that fails
-before committing, or an answer that fails verification, leaves the response untouched so
-the next candidate can answer. Once an attempt commits, what follows is its to finish,
-including an error event if the upstream breaks mid-stream.
+The commit rule says how much of an answer is held before the client sees its first byte:
+
+* ``off``: nothing; bytes go to the client as they arrive;
+* ``prefix``: a stream is held until its first content (text, reasoning or a tool call) or
+  ``PREFIX_BYTES`` of preamble, whichever comes first: enough to catch a connection error, a 5xx,
+  an empty answer or a malformed first frame, and fall back on them, at no cost to the first token;
+* ``strict``: the whole answer is held in a commit window, reduced to text, tool calls and finish
+  reason, verified (``routing.verify``), then replayed or given up.
+
+The client never sees bytes from an attempt that does not commit. Once an attempt commits, what
+follows is its to finish: if the upstream breaks or sends something malformed, the attempt ends the
+response itself (an error event in the client's dialect for a stream; a closed body otherwise) and
+says so in its outcome. Nothing raises past ``run_attempt``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import Any, Protocol
 
 from django.conf import settings
 
@@ -21,25 +33,47 @@ from inference.errors import (
     UpstreamFailed,
     UpstreamRejected,
     UpstreamTimeout,
+    error_body,
+    error_event,
 )
 from inference.exchange import Exchange
-from inference.relay import (
-    UpstreamError,
-    UpstreamRequest,
-    UpstreamTimedOut,
-    chunks,
-    open_upstream,
-    read_capped,
-)
-from routing.dialects import UpstreamProtocolError
-from routing.dialects.answers import StreamAccumulator, from_anthropic, from_openai, usage_of
-from routing.dialects.sse import SSEDecoder, SSEEvent, encode
+from inference.relay import UpstreamError, UpstreamRequest, UpstreamResponse, UpstreamTimedOut, open_upstream
+from inference.wire import Dialect, UpstreamProtocolError
+from inference.wire.answers import StreamAccumulator, from_anthropic, from_openai, usage_of
+from inference.wire.sse import SSEDecoder, SSEEvent
+from inference.wire.upstream import checked_answer, checked_event
 from routing.verify import Expectations, verify
+
+log = logging.getLogger(__name__)
 
 ERROR_BODY_LIMIT = 64 * 1024
 WHOLE_ANSWER_LIMIT = 64 * 1024 * 1024
+PREFIX_BYTES = 1024  # preamble held at most before the first content (a role chunk, message_start, …)
 STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 EVENT_STREAM = b"text/event-stream; charset=utf-8"
+# A serve's 4xx that is about its own limits, not the client's request: another serve may fit it.
+_OWN_LIMITS = re.compile(r"context|max_tokens|max_completion_tokens|too long|maximum (?:input )?length|"
+                         r"exceeds? the (?:model|available)", re.IGNORECASE)
+
+
+class CommitRule(StrEnum):
+    OFF = "off"
+    PREFIX = "prefix"
+    STRICT = "strict"
+
+
+class ResponseSink(Protocol):
+    """Where an attempt writes the client's response (a front-door consumer)."""
+
+    response_started: bool
+
+    def base_headers(self, content_type: bytes = ...) -> list[tuple[bytes, bytes]]: ...
+
+    async def send_headers(self, *, status: int = 200, headers: Any = None) -> None: ...
+
+    async def send_body(self, body: bytes, *, more_body: bool = False) -> None: ...
+
+    async def send_complete(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None: ...
 
 
 @dataclass
@@ -48,7 +82,7 @@ class AttemptOutcome:
     committed: bool = False
     label: str = "served"  # served | fallback | error | timeout | unreachable
     upstream_failed: bool = False  # counts against the serve's circuit breaker
-    error: FrontDoorError | None = None
+    error: FrontDoorError | None = None  # why an uncommitted attempt gave up
     labels: list[str] = field(default_factory=list)  # verification failures
     status: int | None = None
     prompt_tokens: int | None = None
@@ -56,12 +90,15 @@ class AttemptOutcome:
     bytes_out: int = 0
     first_byte_at: float | None = None
     started: float = field(default_factory=time.perf_counter)
+    detail: str = ""  # what broke after the commit (the client was told in-band)
 
     def as_log(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"serve": self.serve, "outcome": self.label, "status": self.status,
                                  "ms": round((time.perf_counter() - self.started) * 1000, 3)}
         if self.labels:
             entry["verify"] = self.labels
+        if self.detail:
+            entry["detail"] = self.detail[:300]
         return entry
 
     def usage(self, found: tuple[int | None, int | None] | None) -> None:
@@ -69,6 +106,9 @@ class AttemptOutcome:
             prompt, completion = found
             self.prompt_tokens = prompt if prompt is not None else self.prompt_tokens
             self.completion_tokens = completion if completion is not None else self.completion_tokens
+
+    def give_up(self, label: str, error: FrontDoorError, *, upstream_failed: bool = True) -> None:
+        self.label, self.error, self.upstream_failed = label, error, upstream_failed
 
 
 def expectations(body: dict[str, Any]) -> Expectations:
@@ -83,190 +123,234 @@ def expectations(body: dict[str, Any]) -> Expectations:
     return Expectations(limit, names, choice)
 
 
-async def run_attempt(consumer: Any, exchange: Exchange, request: UpstreamRequest, *,
-                      verify: bool) -> AttemptOutcome:
+async def run_attempt(sink: ResponseSink, exchange: Exchange, request: UpstreamRequest, *,
+                      rule: CommitRule, verify_whole: bool) -> AttemptOutcome:
+    """One try at ``exchange.serve``; never raises (a cancelled request aside)."""
     out = AttemptOutcome(exchange.serve.name)
     name = exchange.serve.name
     try:
         async with open_upstream(request) as upstream:
             out.status = upstream.status
             if upstream.status >= 400:
-                await _upstream_error(consumer, exchange, out, await read_capped(upstream, ERROR_BODY_LIMIT))
+                await _upstream_error(sink, exchange, out, await upstream.read_capped(ERROR_BODY_LIMIT))
             elif exchange.stream:
-                await _stream(consumer, exchange, upstream, out, verify)
+                await _Stream(sink, exchange, upstream, out, rule).run()
             else:
-                await _whole(consumer, exchange, upstream, out, verify)
+                await _whole(sink, exchange, upstream, out, verify_whole)
     except UpstreamTimedOut as exc:
-        _failed(out, "timeout", UpstreamTimeout(f"Serve {name} did not answer in time: {exc}."))
+        await _broken(sink, out, "timeout", UpstreamTimeout(f"Serve {name} did not answer in time: {exc}."))
     except UpstreamError as exc:
-        _failed(out, "unreachable", UpstreamFailed(f"Serve {name} could not be reached: {exc}."))
+        await _broken(sink, out, "unreachable", UpstreamFailed(f"Serve {name} could not be reached: {exc}."))
+    except UpstreamProtocolError as exc:
+        await _broken(sink, out, "fallback", UpstreamFailed(
+            f"Serve {name} answered something that is not a valid {exchange.upstream_dialect} response: {exc}"))
+    except Exception as exc:  # a case the checks above missed: the client still gets an answer
+        log.exception("attempt at serve %s failed unexpectedly", name)
+        await _broken(sink, out, "fallback", UpstreamFailed(f"Serve {name}'s answer could not be relayed: "
+                                                            f"{type(exc).__name__}: {exc}"))
     return out
 
 
-def _failed(out: AttemptOutcome, label: str, error: FrontDoorError) -> None:
-    out.label, out.error, out.upstream_failed = label, error, True
+async def _broken(sink: ResponseSink, out: AttemptOutcome, label: str, error: FrontDoorError) -> None:
+    """An attempt that failed: before the commit, give it up; after, end the response that began."""
+    if not out.committed:
+        out.give_up(label, error)
+        return
+    out.label, out.upstream_failed, out.detail = "error" if label == "fallback" else label, True, error.message
+    await _end_body(sink)
 
 
-async def _upstream_error(consumer: Any, exchange: Exchange, out: AttemptOutcome, payload: bytes) -> None:
+async def _end_body(sink: ResponseSink) -> None:
+    try:
+        await sink.send_body(b"", more_body=False)
+    except Exception:  # the client is gone: nothing left to tell it
+        log.debug("could not end a response", exc_info=True)
+
+
+async def _upstream_error(sink: ResponseSink, exchange: Exchange, out: AttemptOutcome, payload: bytes) -> None:
     status, name = out.status or 502, exchange.serve.name
     message = exchange.upstream_error_message(payload)
     if status >= 500:
-        _failed(out, "fallback", UpstreamFailed(f"Serve {name} failed (HTTP {status}): {message}"))
+        out.give_up("fallback", UpstreamFailed(f"Serve {name} failed (HTTP {status}): {message}"))
         return
     if status in (401, 403, 404):
         # The client's request is fine; Anvil's configuration of this serve is not: try another.
-        _failed(out, "fallback", UpstreamFailed(f"Serve {name} refused Anvil (HTTP {status}): {message}. "
-                                                "Check the serve's api_key_env and served model name."))
+        out.give_up("fallback", UpstreamFailed(f"Serve {name} refused Anvil (HTTP {status}): {message}. "
+                                               "Check the serve's api_key_env and served model name."))
+        return
+    rejected = UpstreamRejected(f"Serve {name} rejected the request (HTTP {status}): {message}", status)
+    if status in (400, 413, 422) and _OWN_LIMITS.search(message):
+        # Too long for this serve's context, or max_tokens past its limit: a bigger serve may take it.
+        # Not the serve's fault either: the breaker does not count it.
+        out.give_up("fallback", rejected, upstream_failed=False)
         return
     out.committed, out.label = True, "error"
-    if exchange.same_dialect:
-        await consumer.send_complete(status, payload, consumer.base_headers())
+    if exchange.same_dialect and _in_dialect(payload, exchange.client_dialect):
+        await sink.send_complete(status, payload, sink.base_headers())
         out.bytes_out = len(payload)
-    else:
-        out.error = UpstreamRejected(f"Serve {name} rejected the request (HTTP {status}): {message}", status)
+    else:  # empty, not JSON, or another shape (a worker's {"detail"}): told in the client's own dialect
+        body = error_body(rejected, exchange.client_dialect)
+        await sink.send_complete(status, body, sink.base_headers())
+        out.bytes_out = len(body)
 
 
-async def _whole(consumer: Any, exchange: Exchange, upstream: Any, out: AttemptOutcome, verify: bool) -> None:
-    if exchange.same_dialect and not verify:
+def _in_dialect(payload: bytes, dialect: Dialect) -> bool:
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return False
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict) or not isinstance(error.get("message"), str):
+        return False
+    return dialect is not Dialect.ANTHROPIC or data.get("type") == "error"
+
+
+async def _whole(sink: ResponseSink, exchange: Exchange, upstream: UpstreamResponse, out: AttemptOutcome,
+                 verify_whole: bool) -> None:
+    if exchange.same_dialect and not verify_whole:
         # Relay the bytes as they arrive; keep a copy only to read the usage afterwards.
         content_type = upstream.headers.get("content-type", "application/json").encode("latin-1")
-        await consumer.send_headers(status=upstream.status, headers=consumer.base_headers(content_type))
+        await sink.send_headers(status=upstream.status, headers=sink.base_headers(content_type))
         out.committed = True
         copy = []
-        async for data in chunks(upstream):
+        async for data in upstream.chunks():
             out.first_byte_at = out.first_byte_at or time.perf_counter()
-            await consumer.send_body(data, more_body=True)
+            await sink.send_body(data, more_body=True)
             out.bytes_out += len(data)
             copy.append(data)
-        await consumer.send_body(b"")
+        await sink.send_body(b"")
         out.usage(_usage_from_json(b"".join(copy), exchange.upstream_dialect))
         return
-    payload = await read_capped(upstream, WHOLE_ANSWER_LIMIT)
+    payload = await upstream.read_capped(WHOLE_ANSWER_LIMIT)
     try:
         answer = json.loads(payload)
-        if verify:
-            reduced = from_anthropic(answer) if exchange.upstream_dialect == "anthropic" else from_openai(answer)
-            out.labels = _verify(reduced, exchange)
-            if out.labels:
-                out.label = "fallback"
-                return
-        body = payload if exchange.same_dialect else json.dumps(exchange.translate_answer(answer)).encode()
-    except (json.JSONDecodeError, UnicodeDecodeError, UpstreamProtocolError, AttributeError, TypeError) as exc:
-        _failed(out, "fallback", UpstreamFailed(f"Serve {exchange.serve.name} answered something that is not a "
-                                                f"valid {exchange.upstream_dialect} response: {exc}"))
-        return
-    out.committed = True
-    out.first_byte_at = time.perf_counter()
-    out.usage(usage_of(answer, exchange.upstream_dialect))
-    content_type = b"application/json"
-    await consumer.send_complete(upstream.status, body, consumer.base_headers(content_type))
-    out.bytes_out = len(body)
-
-
-def _verify(answer: Any, exchange: Exchange) -> list[str]:
-    return verify(answer, expectations(exchange.body))
-
-
-async def _stream(consumer: Any, exchange: Exchange, upstream: Any, out: AttemptOutcome, verify: bool) -> None:
-    decoder = SSEDecoder()
-    translator = None if exchange.same_dialect else exchange.stream_translator()
-    accumulator = StreamAccumulator(exchange.upstream_dialect) if verify else None
-    held: list[bytes] = []
-    held_bytes = 0
-    committed = not verify
-    window = settings.ANVIL_COMMIT_WINDOW_BYTES
-
-    async def emit(data: bytes) -> None:
-        nonlocal held_bytes, committed
-        if committed:
-            await _send(consumer, out, data)
-            return
-        held.append(data)
-        held_bytes += len(data)
-        if held_bytes > window:  # too big to hold: commit unverified rather than buffer without bound
-            out.labels.append("commit-window-overflow")
-            committed = True
-            await _replay(consumer, out, held)
-
-    if committed:
-        await _start(consumer, out)
-    try:
-        async for data in chunks(upstream):
-            for event in decoder.feed(data):
-                for piece in _handle(event, exchange, translator, accumulator, out):
-                    await emit(piece)
-        tail = decoder.close()
-        if tail is not None:
-            for piece in _handle(tail, exchange, translator, accumulator, out):
-                await emit(piece)
-        if translator is not None:
-            for piece in translator.finish():
-                await emit(piece)
-    except (UpstreamError, UpstreamProtocolError, ValueError) as exc:
-        if not committed:
-            _failed(out, "fallback", UpstreamFailed(f"Serve {exchange.serve.name} failed mid-stream: {exc}"))
-            return
-        out.label = "error"
-        await _send(consumer, out, _stream_error(consumer, exchange, translator, str(exc)))
-        await consumer.send_body(b"")
-        return
-    if not committed and accumulator is not None:
-        out.labels = _verify(accumulator.answer(), exchange)
+    except ValueError as exc:
+        raise UpstreamProtocolError(f"not JSON ({exc})") from None
+    checked_answer(answer, exchange.upstream_dialect)
+    if verify_whole:
+        reduced = from_anthropic(answer) if exchange.upstream_dialect == "anthropic" else from_openai(answer)
+        out.labels = verify(reduced, expectations(exchange.body))
         if out.labels:
             out.label = "fallback"
             return
-        await _replay(consumer, out, held)
-    await consumer.send_body(b"")
-
-
-def _handle(event: SSEEvent, exchange: Exchange, translator: Any, accumulator: StreamAccumulator | None,
-            out: AttemptOutcome) -> list[bytes]:
-    if event.data == "[DONE]":
-        return translator.finish() if translator is not None else [event.raw]
-    payload: Any = None
-    if accumulator is not None or translator is not None or b"usage" in event.raw:
-        payload = event.json()
-        if isinstance(payload, dict) and payload.get("type") == "error":
-            raise UpstreamProtocolError(f"the upstream reported: {(payload.get('error') or {}).get('message')}")
-        out.usage(usage_of(payload, exchange.upstream_dialect))
-        if accumulator is not None:
-            accumulator.feed(payload)
-    if translator is None:
-        return [event.raw]
-    return translator.feed(payload)
-
-
-async def _start(consumer: Any, out: AttemptOutcome) -> None:
+    body = payload if exchange.same_dialect else json.dumps(exchange.translate_answer(answer)).encode()
     out.committed = True
-    await consumer.send_headers(status=200, headers=consumer.base_headers(EVENT_STREAM) + STREAM_HEADERS)
-
-
-async def _send(consumer: Any, out: AttemptOutcome, data: bytes) -> None:
-    out.first_byte_at = out.first_byte_at or time.perf_counter()
-    out.bytes_out += len(data)
-    await consumer.send_body(data, more_body=True)
-
-
-async def _replay(consumer: Any, out: AttemptOutcome, held: list[bytes]) -> None:
-    await _start(consumer, out)
-    for piece in held:
-        await _send(consumer, out, piece)
-    held.clear()
-
-
-def _stream_error(consumer: Any, exchange: Exchange, translator: Any, detail: str) -> bytes:
-    """The error event that ends a broken stream, in the client's dialect."""
-    message = f"Serve {exchange.serve.name} failed mid-stream: {detail}"
-    anthropic_client = exchange.client_dialect.value == "anthropic"
-    if translator is not None:
-        return b"".join(translator.error("api_error" if anthropic_client else "server_error", message))
-    if anthropic_client:
-        return encode({"type": "error", "error": {"type": "api_error", "message": message}}, "error")
-    return encode({"error": {"message": message, "type": "server_error", "param": None, "code": "upstream_error"}})
+    out.first_byte_at = time.perf_counter()
+    out.usage(usage_of(answer, exchange.upstream_dialect))
+    await sink.send_complete(upstream.status, body, sink.base_headers())
+    out.bytes_out = len(body)
 
 
 def _usage_from_json(payload: bytes, dialect: str) -> tuple[int | None, int | None] | None:
     try:
-        return usage_of(json.loads(payload), dialect)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
+        return usage_of(checked_answer(json.loads(payload), dialect), dialect)
+    except (ValueError, UpstreamProtocolError):
+        return None  # the bytes went out as the upstream wrote them; only the count is unknown
+
+
+class _Stream:
+    """One streamed answer, relayed event by event under the commit rule."""
+
+    def __init__(self, sink: ResponseSink, exchange: Exchange, upstream: UpstreamResponse, out: AttemptOutcome,
+                 rule: CommitRule) -> None:
+        self.sink, self.exchange, self.upstream, self.out, self.rule = sink, exchange, upstream, out, rule
+        self.translator = None if exchange.same_dialect else exchange.stream_translator()
+        self.accumulator = StreamAccumulator(exchange.upstream_dialect) if rule is not CommitRule.OFF else None
+        self.held: list[bytes] = []
+        self.held_bytes = 0
+
+    async def run(self) -> None:
+        out = self.out
+        if self.rule is CommitRule.OFF:
+            await self._commit()
+        try:
+            decoder = SSEDecoder()
+            async for data in self.upstream.chunks():
+                for event in decoder.feed(data):
+                    await self._event(event)
+            tail = decoder.close()
+            if tail is not None:
+                await self._event(tail)
+            if self.translator is not None:
+                await self._emit(self.translator.finish(), content=False)
+        except Exception as exc:  # after the commit the client is owed an ending, whatever broke
+            if not out.committed:
+                raise  # run_attempt gives the attempt up: the next candidate may answer
+            if not isinstance(exc, UpstreamError | ValueError):
+                log.exception("stream from serve %s broke after the commit", self.exchange.serve.name)
+            await self._end_with_error(exc)
+            return
+        if not out.committed:
+            assert self.accumulator is not None
+            out.labels = verify(self.accumulator.answer(), expectations(self.exchange.body))
+            if out.labels:
+                out.label = "fallback"
+                return
+            await self._commit()
+        await self.sink.send_body(b"")
+
+    async def _event(self, event: SSEEvent) -> None:
+        exchange, out = self.exchange, self.out
+        if event.data == "[DONE]":
+            await self._emit(self.translator.finish() if self.translator is not None else [event.raw], content=False)
+            return
+        try:
+            payload = checked_event(json.loads(event.data), exchange.upstream_dialect)
+        except ValueError as exc:
+            raise UpstreamProtocolError(f"a stream event is not JSON ({exc})") from None
+        if payload.get("type") == "error" or "error" in payload or payload.get("object") == "error":
+            detail = payload.get("error")
+            message = detail.get("message") if isinstance(detail, dict) else detail or payload.get("message")
+            raise UpstreamProtocolError(f"the upstream reported: {message}")
+        out.usage(usage_of(payload, exchange.upstream_dialect))
+        content = False
+        if self.accumulator is not None:
+            before = self.accumulator.size
+            self.accumulator.feed(payload)
+            content = self.accumulator.size > before
+        pieces = [event.raw] if self.translator is None else self.translator.feed(payload)
+        await self._emit(pieces, content=content)
+
+    async def _emit(self, pieces: list[bytes], *, content: bool) -> None:
+        if self.out.committed:
+            for piece in pieces:
+                await self._send(piece)
+            return
+        self.held.extend(pieces)
+        self.held_bytes += sum(len(piece) for piece in pieces)
+        if self.rule is CommitRule.PREFIX and (content or self.held_bytes > PREFIX_BYTES):
+            await self._commit()
+        elif self.held_bytes > settings.ANVIL_COMMIT_WINDOW_BYTES:
+            # Too big to hold: commit unverified rather than buffer without bound.
+            self.out.labels.append("commit-window-overflow")
+            await self._commit()
+
+    async def _commit(self) -> None:
+        self.out.committed = True
+        await self.sink.send_headers(status=200, headers=self.sink.base_headers(EVENT_STREAM) + STREAM_HEADERS)
+        held, self.held = self.held, []
+        for piece in held:
+            await self._send(piece)
+
+    async def _send(self, data: bytes) -> None:
+        out = self.out
+        out.first_byte_at = out.first_byte_at or time.perf_counter()
+        out.bytes_out += len(data)
+        await self.sink.send_body(data, more_body=True)
+
+    async def _end_with_error(self, exc: BaseException) -> None:
+        out, exchange = self.out, self.exchange
+        detail = str(exc) or type(exc).__name__
+        out.label = "timeout" if isinstance(exc, UpstreamTimedOut) else "error"
+        out.upstream_failed, out.detail = True, detail
+        message = f"Serve {exchange.serve.name} failed mid-stream: {detail}"
+        try:
+            if self.translator is not None:
+                anthropic = exchange.client_dialect is Dialect.ANTHROPIC
+                event = b"".join(self.translator.error("api_error" if anthropic else "server_error", message))
+            else:
+                event = error_event(UpstreamFailed(message), exchange.client_dialect)
+            await self._send(event)
+        finally:
+            await _end_body(self.sink)
+

@@ -10,13 +10,8 @@ with the status code its SDK maps to its own exception class.
 from __future__ import annotations
 
 import json
-from enum import StrEnum
 
-
-class Dialect(StrEnum):
-    OPENAI = "openai"
-    ANTHROPIC = "anthropic"
-    NATIVE = "native"  # the in-worker engine's /generate and /loglikelihood: {"detail", "field"}
+from inference.wire import Dialect
 
 
 class FrontDoorError(Exception):
@@ -52,6 +47,13 @@ class AuthenticationFailed(FrontDoorError):
     openai_type = "invalid_request_error"
     anthropic_type = "authentication_error"
     default_code = "invalid_api_key"
+
+
+class RequestTimeout(FrontDoorError):
+    status_code = 408
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    default_code = "request_timeout"
 
 
 class NotFound(FrontDoorError):
@@ -103,6 +105,12 @@ class UpstreamTimeout(FrontDoorError):
     default_code = "upstream_timeout"
 
 
+class InternalError(FrontDoorError):
+    """A failure of Anvil's own: the last resort, logged with its traceback under the request id."""
+
+    default_code = "internal_error"
+
+
 class UpstreamRejected(FrontDoorError):
     """The serve refused the request itself (a 4xx of its own): passed on with its status."""
 
@@ -138,3 +146,9 @@ def error_body(error: FrontDoorError, dialect: Dialect) -> bytes:
             }
         }
     return json.dumps(payload).encode()
+
+
+def error_event(error: FrontDoorError, dialect: Dialect) -> bytes:
+    """The server-sent event that ends a broken stream, in ``dialect``: the error body as its data."""
+    head = b"event: error\n" if dialect is Dialect.ANTHROPIC else b""
+    return head + b"data: " + error_body(error, dialect) + b"\n\n"

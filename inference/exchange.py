@@ -3,13 +3,13 @@
 Same dialect: the client's JSON goes upstream with every field kept (tools,
 tool_choice, unknown fields); only ``model`` becomes the serve's served model
 name, and the serve's ``extra_body`` is merged in. Cross dialect: translated by
-``routing.dialects``.
+``inference.wire``.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,10 +17,10 @@ from django.conf import settings
 
 from inference.errors import Dialect
 from inference.relay import UpstreamRequest
-from routing.dialects import anthropic_client, openai_client
+from inference.wire import anthropic_client, openai_client
 from serves.catalog import ServeView
+from serves.upstream_keys import upstream_auth_headers
 
-ANTHROPIC_VERSION = "2023-06-01"
 UPSTREAM_PATHS = {("openai", "chat"): "/chat/completions", ("openai", "completions"): "/completions",
                   ("anthropic", "chat"): "/messages", ("openai", "messages"): "/chat/completions",
                   ("anthropic", "messages"): "/messages"}
@@ -53,7 +53,8 @@ class Exchange:
 
     def upstream_request(self) -> UpstreamRequest:
         url = self.serve.base_url + UPSTREAM_PATHS[(self.upstream_dialect, self.endpoint)]
-        return UpstreamRequest(url, json.dumps(self._upstream_body(), ensure_ascii=False).encode(), self._headers())
+        return UpstreamRequest(url, json.dumps(self._upstream_body(), ensure_ascii=False).encode(), self._headers(),
+                               stream=self.stream)
 
     def _upstream_body(self) -> dict[str, Any]:
         if self.same_dialect:
@@ -69,20 +70,15 @@ class Exchange:
         return body
 
     def _headers(self) -> dict[str, str]:
-        headers = {"content-type": "application/json", "x-request-id": self.request_id}
-        headers["accept"] = "text/event-stream" if self.stream else "application/json"
-        # The upstream's key is read from the environment now; never stored, never logged.
-        key = os.environ.get(self.serve.api_key_env, "") if self.serve.api_key_env else ""
-        if self.upstream_dialect == "anthropic":
-            version = self.client_headers.get(b"anthropic-version") if self.same_dialect else None
-            headers["anthropic-version"] = version.decode("latin-1") if version else ANTHROPIC_VERSION
-            beta = self.client_headers.get(b"anthropic-beta") if self.same_dialect else None
-            if beta:
-                headers["anthropic-beta"] = beta.decode("latin-1")
-            if key:
-                headers["x-api-key"] = key
-        elif key:
-            headers["authorization"] = f"Bearer {key}"
+        headers = {"content-type": "application/json", "x-request-id": upstream_request_id(self.request_id),
+                   "accept": "text/event-stream" if self.stream else "application/json"}
+        headers.update(upstream_auth_headers(self.upstream_dialect, self.serve.api_key_env))
+        if self.upstream_dialect == "anthropic" and self.same_dialect:
+            # An Anthropic client's own protocol version and betas reach an Anthropic upstream.
+            for name in ("anthropic-version", "anthropic-beta"):
+                value = self.client_headers.get(name.encode())
+                if value:
+                    headers[name] = value.decode("latin-1")
         return headers
 
     def translate_answer(self, answer: dict[str, Any]) -> dict[str, Any]:
@@ -108,3 +104,15 @@ class Exchange:
         if isinstance(data, dict) and data.get("detail"):
             return str(data["detail"])[:500]
         return json.dumps(data)[:500]
+
+
+def upstream_request_id(request_id: str) -> str:
+    """The request id in a form every peer accepts: a UUID (llama.cpp's server refuses anything else).
+
+    Anvil's own ids (``req_<32 hex digits>``) keep their digits; a caller's id maps to a stable UUID.
+    """
+    digits = request_id.removeprefix("req_")
+    try:
+        return str(uuid.UUID(hex=digits))
+    except ValueError:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, request_id))

@@ -66,9 +66,14 @@ def _text(content: Any) -> str:
 
 
 def summarize(body: dict[str, Any]) -> RequestSummary:
-    """What routing may know of a request body (either dialect); the text stays in memory only."""
-    messages = body.get("messages") or []
-    system = _text(body.get("system")) if body.get("system") else ""
+    """What routing may know of a request body (either dialect); the text stays in memory only.
+
+    Any shape is read without raising: the front door validates what each endpoint defines, but a
+    field another endpoint defines (``messages`` sent to /v1/completions) arrives unchecked.
+    """
+    raw_messages = body.get("messages")
+    messages = raw_messages if isinstance(raw_messages, list) else []
+    system = _text(body.get("system"))
     last_user = ""
     for message in messages:
         if not isinstance(message, dict):
@@ -77,10 +82,13 @@ def summarize(body: dict[str, Any]) -> RequestSummary:
             system = (system + "\n" + _text(message.get("content"))).strip()
         elif message.get("role") == "user":
             last_user = _text(message.get("content"))
-    if isinstance(body.get("prompt"), str):
-        last_user = body["prompt"]
-    total = len(json.dumps(messages, ensure_ascii=False)) if messages else len(str(body.get("prompt", "")))
-    thinking = body.get("thinking") or body.get("reasoning_effort") or (body.get("reasoning") or {}).get("effort")
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        last_user = prompt
+    total = len(json.dumps(messages, ensure_ascii=False)) if messages else len(str(prompt or ""))
+    reasoning = body.get("reasoning")
+    thinking = body.get("thinking") or body.get("reasoning_effort") or (
+        reasoning.get("effort") if isinstance(reasoning, dict) else None)
     if isinstance(body.get("thinking"), dict) and body["thinking"].get("type") == "disabled":
         thinking = None
     return RequestSummary(last_user, system, total + len(system), bool(body.get("tools")), bool(thinking))

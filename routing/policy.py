@@ -26,6 +26,7 @@ class Candidate:
     serve: ServeView
     verdict: str = "allow"
     notes: tuple[str, ...] = ()
+    measured: bool = False  # the verdict is a profile row's, not a default (strict stream checks need one)
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def route(serves: tuple[ServeView, ...], profile: Profile, request: PolicyInput,
         if verdict == DENY:
             excluded.append((serve.name, "; ".join(notes) or "denied"))
             continue
-        candidates.append(Candidate(serve, verdict, notes))
+        candidates.append(Candidate(serve, verdict, notes, profile.measured(serve, request.work_class)))
     notes: list[str] = []
     if serves and not fits_context:
         return Route((), tuple(excluded), too_large=True, notes=("no serve's context fits this request",))

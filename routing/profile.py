@@ -53,6 +53,11 @@ class Profile:
         return cell.decision, tuple(notes)
 
 
+    def measured(self, serve: ServeView, work_class: str) -> bool:
+        """Whether the verdict comes from a row (a measurement or an operator's override), not a default."""
+        return (serve.name, work_class) in self.serves or (serve.tier, work_class) in self.tiers
+
+
 def is_metered(serve: ServeView) -> bool:
     return serve.tier in settings.ANVIL_METERED_TIERS
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import uuid
 from typing import Any
@@ -12,7 +13,19 @@ from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
 
 from inference.auth import KEY_CACHE, Principal, presented_key
-from inference.errors import Dialect, FrontDoorError, MethodNotAllowed, NotFound, PayloadTooLarge, error_body
+from inference.errors import (
+    Dialect,
+    FrontDoorError,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    error_body,
+    error_event,
+)
+
+log = logging.getLogger(__name__)
 
 JSON = b"application/json"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -33,11 +46,17 @@ class FrontDoorConsumer(AsyncHttpConsumer):
     """Authenticates, then hands the body to ``respond``; errors come out in ``dialect``.
 
     ``__call__`` is Channels' consumer entry point, replaced to do what the
-    generic one cannot: refuse an oversized body while it arrives (413), and
-    keep listening for the client's disconnect while the response is being
-    made, cancelling the work (and so the upstream request) the moment it comes.
-    It also skips the channel layer and the per-message database hop: the hot
-    path reaches the ORM only through database_sync_to_async.
+    generic one cannot: refuse an oversized or slow body while it arrives (413,
+    408), and keep listening for the client's disconnect while the response is
+    being made, cancelling the work (and so the upstream request) the moment it
+    comes. It also skips the channel layer and the per-message database hop: the
+    hot path reaches the ORM only through database_sync_to_async.
+
+    Nothing escapes it. An exception that escaped would reach Daphne's
+    application checker, which answers with an HTML page, or, once the response
+    has started, fails itself and stops reaping connections for good. So every
+    error becomes an answer in the client's dialect; after the headers, the
+    response is ended (an error event for a stream, a closed body otherwise).
     """
 
     channel_layer_alias = None
@@ -51,10 +70,17 @@ class FrontDoorConsumer(AsyncHttpConsumer):
         self.base_send = send
         self.request_id = request_id_from(scope["headers"])
         self.response_started = False
+        self.streaming = False
+        self.tags: dict[bytes, bytes] = {}  # response headers the serving code adds (served by, decision)
         try:
-            body = await self._read_body(receive)
+            async with asyncio.timeout(settings.ANVIL_BODY_TIMEOUT):
+                body = await self._read_body(receive)
+        except TimeoutError:
+            await self._answer_error(RequestTimeout(f"The request body did not arrive within "
+                                                    f"{settings.ANVIL_BODY_TIMEOUT:g} s (ANVIL_BODY_TIMEOUT)."))
+            return
         except FrontDoorError as error:
-            await self.send_error(error)
+            await self._answer_error(error)
             return
         if body is None:
             return  # the client left before sending its whole request
@@ -63,10 +89,9 @@ class FrontDoorConsumer(AsyncHttpConsumer):
         done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
         if work in done:
             watch.cancel()
-            work.result()
         else:
             work.cancel()
-            await asyncio.gather(work, return_exceptions=True)
+        await asyncio.gather(work, watch, return_exceptions=True)
 
     async def _read_body(self, receive: Any) -> bytes | None:
         limit = settings.ANVIL_MAX_BODY_BYTES
@@ -94,6 +119,8 @@ class FrontDoorConsumer(AsyncHttpConsumer):
 
     async def send_headers(self, *, status: int = 200, headers: Any = None) -> None:
         self.response_started = True
+        self.streaming = any(name == b"content-type" and value.startswith(b"text/event-stream")
+                             for name, value in headers or ())
         await super().send_headers(status=status, headers=headers)
 
     async def handle(self, body: bytes) -> None:
@@ -105,15 +132,35 @@ class FrontDoorConsumer(AsyncHttpConsumer):
             principal = await KEY_CACHE.authenticate(presented_key(headers)) if self.authenticated else None
             await self.respond(body, principal)
         except FrontDoorError as error:
-            if self.response_started:
-                raise  # a streaming consumer reports its own mid-stream errors
-            await self.send_error(error)
+            await self._answer_error(error)
+        except asyncio.CancelledError:
+            raise  # the client left: nothing to answer
+        except Exception:
+            log.exception("unhandled error answering %s %s (request %s)", self.scope["method"],
+                          self.scope["path"], self.request_id)
+            await self._answer_error(InternalError(f"Anvil failed while answering this request; its log has the "
+                                                   f"details under request id {self.request_id}."))
+
+    async def _answer_error(self, error: FrontDoorError) -> None:
+        """The error as an answer: whole if nothing was sent yet, else as the end of what began."""
+        try:
+            if not self.response_started:
+                await self.send_error(error)
+            elif self.streaming:
+                await self.send_body(error_event(error, self.dialect), more_body=True)
+                await self.send_body(b"")
+            else:
+                await self.send_body(b"")
+        except Exception:  # the client is gone, or the server refused the message: nothing more to do
+            log.debug("could not deliver an error for request %s", self.request_id, exc_info=True)
 
     async def respond(self, body: bytes, principal: Principal | None) -> None:
         raise NotImplementedError
 
     def base_headers(self, content_type: bytes = JSON) -> list[tuple[bytes, bytes]]:
-        return [(b"content-type", content_type), (b"x-request-id", self.request_id.encode())]
+        headers = [(b"content-type", content_type), (b"x-request-id", self.request_id.encode())]
+        headers.extend(self.tags.items())
+        return headers
 
     async def send_complete(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         """One whole response, with Content-Length (no chunked framing for a known size)."""

@@ -14,7 +14,8 @@ from inference.admission import ADMISSION
 from inference.auth import Principal
 from inference.consumers.base import FrontDoorConsumer
 from inference.errors import Dialect, InvalidRequest, NotFound, Unavailable, UpstreamFailed, UpstreamTimeout
-from inference.relay import UpstreamRequest, UpstreamTimedOut, UpstreamUnreachable, open_upstream, read_capped
+from inference.relay import UpstreamRequest, UpstreamTimedOut, UpstreamUnreachable, open_upstream
+from inference.wire.requests import parse_json_object
 from serves.catalog import SERVE_CATALOG, ServeView
 from serves.models import Engine
 
@@ -25,12 +26,7 @@ class NativeRelayConsumer(FrontDoorConsumer):
     dialect = Dialect.NATIVE
 
     async def respond(self, body: bytes, principal: Principal | None) -> None:
-        try:
-            request = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise InvalidRequest("The body is not valid JSON.", param="body") from None
-        if not isinstance(request, dict):
-            raise InvalidRequest("The body must be a JSON object.", param="body")
+        request = parse_json_object(body)
         model = request.pop("model", None)
         if model is not None and not isinstance(model, str):
             raise InvalidRequest("model must be a string.", param="model")
@@ -40,7 +36,7 @@ class NativeRelayConsumer(FrontDoorConsumer):
         with ADMISSION.admit(principal.key_id if principal else None):
             try:
                 async with open_upstream(upstream) as response:
-                    answer = await read_capped(response, MAX_ANSWER_BYTES)
+                    answer = await response.read_capped(MAX_ANSWER_BYTES)
                     status = response.status
             except UpstreamTimedOut as exc:
                 raise UpstreamTimeout(f"{serve.name} did not answer in time: {exc}") from None

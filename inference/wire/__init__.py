@@ -1,11 +1,20 @@
-"""The two client dialects (OpenAI, Anthropic): SSE framing and translation between them.
+"""The wire protocol, in one home: what clients and upstreams say, and how one dialect becomes another.
 
-Pure functions and small state machines; no I/O, no Django. ``anthropic_client``
-serves an Anthropic client from an OpenAI upstream; ``openai_client`` serves an
-OpenAI client from an Anthropic upstream.
+* ``requests``: the shape of each front-door request, checked before anything reads it;
+* ``upstream``: the shape of what an upstream answers, checked before anything translates it;
+* ``sse``: server-sent events, decoded whole and encoded;
+* ``anthropic_client`` / ``openai_client``: an Anthropic client served by an OpenAI upstream, and
+  the reverse; ``answers``: any answer reduced to what the verifiers judge;
+* ``error_bodies``: the front door's errors in each client dialect, whole and as a stream's last event.
+
+Pure functions and small state machines: no I/O, no Django.
 """
 
 from __future__ import annotations
+
+from serves.dialects import Dialect
+
+__all__ = ["Dialect", "DialectError", "UpstreamProtocolError"]
 
 
 class DialectError(ValueError):

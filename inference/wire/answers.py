@@ -37,6 +37,7 @@ class StreamAccumulator:
         self.text: list[str] = []
         self.calls: dict[int, list[str]] = {}  # index -> [name, arguments]
         self.finish = ""
+        self.size = 0  # characters of content so far (text, reasoning, tool names and arguments)
 
     def feed(self, payload: Any) -> None:
         if not isinstance(payload, dict):
@@ -49,15 +50,17 @@ class StreamAccumulator:
     def _openai(self, chunk: dict[str, Any]) -> None:
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
-            if isinstance(delta.get("content"), str):
-                self.text.append(delta["content"])
-            if isinstance(choice.get("text"), str):
-                self.text.append(choice["text"])
+            for text in (delta.get("content"), choice.get("text")):
+                if isinstance(text, str):
+                    self.text.append(text)
+                    self.size += len(text)
+            self.size += len(delta.get("reasoning_content") or delta.get("reasoning") or "")
             for call in delta.get("tool_calls") or []:
                 entry = self.calls.setdefault(int(call.get("index", 0)), ["", ""])
                 function = call.get("function") or {}
                 entry[0] = function.get("name") or entry[0]
                 entry[1] += function.get("arguments") or ""
+                self.size += len(function.get("name") or "") + len(function.get("arguments") or "")
             if choice.get("finish_reason"):
                 self.finish = choice["finish_reason"]
 
@@ -67,14 +70,20 @@ class StreamAccumulator:
             block = event.get("content_block") or {}
             if block.get("type") == "tool_use":
                 self.calls[int(event.get("index", 0))] = [block.get("name", ""), ""]
+                self.size += len(block.get("name", ""))
             elif block.get("type") == "text":
                 self.text.append(block.get("text", ""))
+                self.size += len(block.get("text", ""))
         elif kind == "content_block_delta":
             delta = event.get("delta") or {}
             if delta.get("type") == "text_delta":
                 self.text.append(delta.get("text", ""))
+                self.size += len(delta.get("text", ""))
+            elif delta.get("type") == "thinking_delta":
+                self.size += len(delta.get("thinking", ""))
             elif delta.get("type") == "input_json_delta" and int(event.get("index", 0)) in self.calls:
                 self.calls[int(event.get("index", 0))][1] += delta.get("partial_json", "")
+                self.size += len(delta.get("partial_json", ""))
         elif kind == "message_delta":
             reason = (event.get("delta") or {}).get("stop_reason")
             if reason:

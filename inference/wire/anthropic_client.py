@@ -20,8 +20,8 @@ import json
 import secrets
 from typing import Any
 
-from routing.dialects import DialectError, UpstreamProtocolError
-from routing.dialects.sse import encode
+from inference.wire import DialectError, UpstreamProtocolError
+from inference.wire.sse import encode
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
                 "content_filter": "refusal"}

@@ -14,8 +14,8 @@ import secrets
 import time
 from typing import Any
 
-from routing.dialects import DialectError, UpstreamProtocolError
-from routing.dialects.sse import encode
+from inference.wire import DialectError, UpstreamProtocolError
+from inference.wire.sse import encode
 
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
                   "pause_turn": "stop", "refusal": "content_filter", "model_context_window_exceeded": "length"}

@@ -1,18 +1,37 @@
 """Request shapes of the front door's endpoints: parse and validate, naming the field at fault.
 
-Only what Anvil itself relies on is checked; every other field travels to the
-upstream untouched (tools, tool_choice, vendor extensions).
+Every field that Anvil itself reads (routing, translation, verification) is checked here, before
+any of that code runs, so a malformed body is a 400 in the client's dialect and never an exception
+deeper in. Fields Anvil does not read travel to the upstream untouched (vendor extensions).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from inference.errors import InvalidRequest
+from inference.wire.shape import (
+    INT32_MAX,
+    Check,
+    ShapeError,
+    anything,
+    boolean,
+    by_kind,
+    fields,
+    integer,
+    list_of,
+    mapping,
+    number,
+    one_of,
+    string,
+    tagged,
+)
 
 OPENAI_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 ANTHROPIC_ROLES = frozenset({"user", "assistant"})
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -22,92 +41,189 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         value = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
+    except RecursionError:
+        raise InvalidRequest("The request body is nested too deeply.") from None
+    except ValueError as exc:  # e.g. an integer literal past Python's digit limit
+        raise InvalidRequest(f"The request body has a value Anvil cannot read: {exc}.") from None
     if not isinstance(value, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    if _ESCAPED_SURROGATE.search(body):
+        _refuse_lone_surrogates(value)
     return value
 
 
-def _optional(body: dict[str, Any], name: str, kinds: tuple[type, ...], what: str) -> None:
-    value = body.get(name)
-    if value is None:
+def _refuse_lone_surrogates(value: dict[str, Any]) -> None:
+    """A ``\\ud800`` escape with no partner parses to a string no encoder can write: refuse it here.
+
+    Paired escapes (an emoji written as two) parse to one character and pass.
+    """
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest("The request body holds a lone UTF-16 surrogate escape (such as \\ud800), "
+                             "which is not valid Unicode.") from None
+
+
+def _checked(check: Check, body: dict[str, Any]) -> None:
+    try:
+        check(body, "")
+    except ShapeError as error:
+        raise InvalidRequest(error.message, param=error.where) from None
+
+
+# --- pieces both OpenAI endpoints share ------------------------------------------------------------
+
+MAX_TOKENS = integer(1, INT32_MAX)
+STOP = by_kind({str: string, list: list_of(string)}, "a string or a list of strings")
+SAMPLING: dict[str, Check] = {
+    "model": string, "stream": boolean, "stream_options": fields({"include_usage": boolean}),
+    "max_tokens": MAX_TOKENS, "n": integer(1, 128), "temperature": number(0, 2), "top_p": number(0, 1),
+    "top_k": integer(-1, INT32_MAX), "min_p": number(0, 1), "presence_penalty": number(-2, 2),
+    "frequency_penalty": number(-2, 2), "repetition_penalty": number(0, 100, low_open=True),
+    "seed": integer(), "stop": STOP, "user": string, "logit_bias": mapping, "metadata": mapping,
+}
+
+# --- OpenAI chat ---------------------------------------------------------------------------------
+
+_IMAGE_URL = by_kind({str: string, dict: fields({"url": string, "detail": string}, required=["url"])},
+                     "a URL or an object with a url")
+OPENAI_PART = tagged({
+    "text": fields({"text": string}, required=["text"]),
+    "image_url": fields({"image_url": _IMAGE_URL}, required=["image_url"]),
+    "input_audio": fields({"input_audio": mapping}),
+    "file": fields({"file": mapping}),
+})
+OPENAI_CONTENT = by_kind({str: string, list: list_of(OPENAI_PART)}, "a string or a list of content parts")
+OPENAI_TOOL_CALL = fields({
+    "id": string, "type": string,
+    "function": fields({"name": string, "arguments": string}),
+})
+OPENAI_MESSAGE = fields({
+    "role": one_of(*OPENAI_ROLES), "content": OPENAI_CONTENT, "name": string,
+    "tool_calls": list_of(OPENAI_TOOL_CALL), "tool_call_id": string, "reasoning_content": string,
+    "reasoning": string, "refusal": string,
+}, required=["role"])
+OPENAI_TOOL = fields({
+    "type": string,
+    "function": fields({"name": string, "description": string, "parameters": mapping, "strict": boolean},
+                       required=["name"]),
+})
+OPENAI_TOOL_CHOICE = by_kind({
+    str: one_of("none", "auto", "required"),
+    dict: fields({"type": string, "function": fields({"name": string}, required=["name"])}, required=["type"]),
+}, "none, auto, required or an object naming a function")
+RESPONSE_FORMAT = tagged({"json_schema": fields({"json_schema": mapping})})
+
+CHAT = fields({
+    **SAMPLING,
+    "messages": list_of(OPENAI_MESSAGE, min_items=1),
+    "max_completion_tokens": MAX_TOKENS,
+    "tools": list_of(OPENAI_TOOL), "tool_choice": OPENAI_TOOL_CHOICE, "parallel_tool_calls": boolean,
+    "logprobs": boolean, "top_logprobs": integer(0, 20), "response_format": RESPONSE_FORMAT,
+    "reasoning_effort": string, "reasoning": fields({"effort": string, "summary": string}),
+    "chat_template_kwargs": mapping,
+}, required=["messages"])
+
+# --- OpenAI completions ------------------------------------------------------------------------
+
+_TOKEN_ID = integer(0, INT32_MAX)
+
+
+def _prompt(value: Any, where: str) -> None:
+    if isinstance(value, str):
         return
-    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        raise InvalidRequest(f"'{name}' must be {what}.", param=name)
+    if not isinstance(value, list) or not value:
+        raise ShapeError(where, "must be a string or a non-empty list.")
+    first = value[0]
+    if isinstance(first, str):
+        list_of(string)(value, where)
+    elif isinstance(first, list):
+        list_of(list_of(_TOKEN_ID, min_items=1))(value, where)
+    else:
+        list_of(_TOKEN_ID)(value, where)
 
 
-def _number_in(body: dict[str, Any], name: str, low: float, high: float) -> None:
-    value = body.get(name)
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise InvalidRequest(f"'{name}' must be a number from {low:g} to {high:g}.", param=name)
+COMPLETION = fields({
+    **SAMPLING,
+    "prompt": _prompt, "echo": boolean, "logprobs": integer(0, 20), "suffix": string, "best_of": integer(1, 128),
+}, required=["prompt"])
+
+# --- Anthropic messages -----------------------------------------------------------------------
+
+IMAGE_SOURCE = tagged({
+    "base64": fields({"media_type": string, "data": string}, required=["data"]),
+    "url": fields({"url": string}, required=["url"]),
+}, others=False)
+TEXT_BLOCK = fields({"text": string, "cache_control": mapping}, required=["text"])
 
 
-def _positive_int(body: dict[str, Any], name: str, required: bool = False) -> None:
-    value = body.get(name)
-    if value is None:
-        if required:
-            raise InvalidRequest(f"'{name}' is required.", param=name)
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidRequest(f"'{name}' must be a positive integer.", param=name)
+def _tool_result_content(value: Any, where: str) -> None:
+    ANTHROPIC_CONTENT(value, where)
 
 
-def _model(body: dict[str, Any]) -> None:
-    if "model" in body and not isinstance(body["model"], str):
-        raise InvalidRequest("'model' must be a string: a serve name, a served model name, or 'auto'.",
-                             param="model")
+ANTHROPIC_BLOCK = tagged({
+    "text": TEXT_BLOCK,
+    "image": fields({"source": IMAGE_SOURCE}, required=["source"]),
+    "tool_use": fields({"id": string, "name": string, "input": mapping}, required=["name"]),
+    "tool_result": fields({"tool_use_id": string, "content": _tool_result_content, "is_error": boolean},
+                          required=["tool_use_id"]),
+    "thinking": fields({"thinking": string, "signature": string}),
+    "redacted_thinking": fields({"data": string}),
+    "document": fields({"source": mapping}),
+})
+ANTHROPIC_CONTENT = by_kind({str: string, list: list_of(ANTHROPIC_BLOCK)}, "a string or a list of content blocks")
+ANTHROPIC_MESSAGE = fields({"role": one_of(*ANTHROPIC_ROLES), "content": ANTHROPIC_CONTENT},
+                           required=["role", "content"])
+ANTHROPIC_TOOL = fields({"name": string, "description": string, "input_schema": mapping, "type": string},
+                        required=["name"])
+ANTHROPIC_TOOL_CHOICE = tagged({
+    "auto": fields({"disable_parallel_tool_use": boolean}),
+    "any": fields({"disable_parallel_tool_use": boolean}),
+    "none": anything,
+    "tool": fields({"name": string, "disable_parallel_tool_use": boolean}, required=["name"]),
+}, others=False)
+THINKING = tagged({
+    "enabled": fields({"budget_tokens": integer(1, INT32_MAX)}, required=["budget_tokens"]),
+    "disabled": anything,
+    "adaptive": anything,
+}, others=False)
 
-
-def _messages(body: dict[str, Any], roles: frozenset[str]) -> None:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest("'messages' must be a non-empty list.", param="messages")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise InvalidRequest("Each message must be an object.", param=f"messages[{index}]")
-        if message.get("role") not in roles:
-            raise InvalidRequest(f"'role' must be one of {', '.join(sorted(roles))}.",
-                                 param=f"messages[{index}].role")
-        content = message.get("content")
-        if content is not None and not isinstance(content, str | list):
-            raise InvalidRequest("'content' must be a string or a list of parts.", param=f"messages[{index}].content")
+MESSAGES = fields({
+    "model": string, "max_tokens": MAX_TOKENS,
+    "messages": list_of(ANTHROPIC_MESSAGE, min_items=1),
+    "system": by_kind({str: string, list: list_of(tagged({"text": TEXT_BLOCK}, others=False))},
+                      "a string or a list of text blocks"),
+    "stream": boolean, "tools": list_of(ANTHROPIC_TOOL), "tool_choice": ANTHROPIC_TOOL_CHOICE,
+    "stop_sequences": list_of(string), "temperature": number(0, 1), "top_p": number(0, 1),
+    "top_k": integer(0, INT32_MAX), "metadata": fields({"user_id": string}), "thinking": THINKING,
+    "service_tier": string,
+}, required=["max_tokens", "messages"])
 
 
 def validate_chat(body: dict[str, Any]) -> None:
-    _model(body)
-    _messages(body, OPENAI_ROLES)
-    _optional(body, "stream", (bool,), "a boolean")
-    _optional(body, "stream_options", (dict,), "an object")
-    _optional(body, "tools", (list,), "a list")
-    _positive_int(body, "max_tokens")
-    _positive_int(body, "max_completion_tokens")
-    _positive_int(body, "n")
-    _number_in(body, "temperature", 0, 2)
-    _number_in(body, "top_p", 0, 1)
+    _checked(CHAT, body)
 
 
 def validate_completion(body: dict[str, Any]) -> None:
-    _model(body)
-    prompt = body.get("prompt")
-    if not isinstance(prompt, str | list) or (isinstance(prompt, list) and not prompt):
-        raise InvalidRequest("'prompt' must be a string or a non-empty list.", param="prompt")
-    _optional(body, "stream", (bool,), "a boolean")
-    _positive_int(body, "max_tokens")
-    _number_in(body, "temperature", 0, 2)
-    _number_in(body, "top_p", 0, 1)
+    _checked(COMPLETION, body)
 
 
 def validate_messages(body: dict[str, Any]) -> None:
-    _model(body)
-    _positive_int(body, "max_tokens", required=True)
-    _messages(body, ANTHROPIC_ROLES)
-    system = body.get("system")
-    if system is not None and not isinstance(system, str | list):
-        raise InvalidRequest("'system' must be a string or a list of text blocks.", param="system")
-    _optional(body, "stream", (bool,), "a boolean")
-    _optional(body, "tools", (list,), "a list")
-    _optional(body, "tool_choice", (dict,), "an object")
-    _optional(body, "stop_sequences", (list,), "a list of strings")
-    _number_in(body, "temperature", 0, 1)
-    _number_in(body, "top_p", 0, 1)
+    _checked(MESSAGES, body)
+
+
+# What routing reads of a body of either dialect: /v1/route takes both.
+ROUTE = fields({
+    "model": string, "prompt": _prompt, "system": by_kind({str: string, list: list_of(mapping)}, "a string or a list"),
+    "messages": list_of(fields({"role": string, "content": by_kind({str: string, list: list_of(mapping)},
+                                                                   "a string or a list of parts")},
+                               required=["role"])),
+    "tools": list_of(mapping), "thinking": mapping, "reasoning_effort": string, "reasoning": mapping,
+})
+
+
+def validate_route(body: dict[str, Any]) -> None:
+    if "messages" not in body and "prompt" not in body:
+        raise InvalidRequest("Send the body you would send to /v1/chat/completions or /v1/messages.",
+                             param="messages")
+    _checked(ROUTE, body)

@@ -18,6 +18,8 @@ def upstream(module_logs: Path) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def anvil(django_db_setup: None, django_db_blocker: object, module_logs: Path) -> Iterator[str]:
     """Anvil under Daphne (real process) on the test database."""
-    with live_anvil(module_logs, ANVIL_MAX_CONCURRENCY_PER_KEY="3", ANVIL_UPSTREAM_READ_TIMEOUT="2",
-                    ANVIL_MAX_BODY_BYTES="65536") as url:
+    # First-byte clocks of 2 s (a silent serve is a quick 504); the [[slow]] streams that hold
+    # slots open stay silent 30 s between tokens, so the inter-token clock keeps its default.
+    with live_anvil(module_logs, ANVIL_MAX_CONCURRENCY_PER_KEY="3", ANVIL_UPSTREAM_FIRST_BYTE_TIMEOUT="2",
+                    ANVIL_UPSTREAM_WHOLE_ANSWER_TIMEOUT="2", ANVIL_MAX_BODY_BYTES="65536") as url:
         yield url

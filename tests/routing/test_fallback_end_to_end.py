@@ -14,6 +14,8 @@ from inference.keys import create_key
 from routing.decision_log import drain_decisions
 from routing.models import DecisionRecord
 from serves.models import Serve
+from tests.support.live import until_routed
+from tests.support.profiles import allow_tiers
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -91,8 +93,12 @@ def test_the_client_sees_only_the_second_serve(anvil: str, client: openai.OpenAI
 @pytest.mark.parametrize("failure", ["error500", "truncated", "badjson"])
 def test_a_stream_from_a_failed_attempt_never_reaches_the_client(anvil: str, bad_upstreams: dict[str, str],
                                                                   good_upstream: str, failure: str) -> None:
+    # Streams are held whole only where a measurement said allow-with-verify (an unmeasured serve
+    # gets the prefix check and streams): measure both tiers so.
+    allow_tiers("fast", "heavy", decision="allow-with-verify")
     first, second = two_serves(anvil, bad_upstreams[failure], good_upstream)
     key = create_key(f"s{uuid.uuid4().hex[:6]}").secret
+    until_routed(anvil, key, {first: "allow-with-verify", second: "allow-with-verify"})
     body = {"model": "auto", "stream": True, "messages": [{"role": "user", "content": "hello"}]}
     if failure == "badjson":
         body.update(tools=TOOLS, messages=[{"role": "user", "content": "weather? [[tool]]"}])

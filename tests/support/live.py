@@ -42,7 +42,7 @@ def scripted_upstream(log_dir: Path, deltas: int = 8, delay_ms: float = 5,
 def live_anvil(log_dir: Path, **env: str) -> Iterator[str]:
     """Daphne serving anvil_site.asgi against the test database; yields its root URL."""
     port = free_port()
-    argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0",
+    argv = [sys.executable, "-m", "anvil_site.webserver", "-b", "127.0.0.1", "-p", str(port), "-v", "0",
             "anvil_site.asgi:application"]
     environment = child_env(**env)
     log = log_dir / f"anvil-{port}.log"

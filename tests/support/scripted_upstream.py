@@ -3,7 +3,8 @@
     python tests/support/scripted_upstream.py --port 9001 [--deltas 64 --delay-ms 20]
 
 The scenario is picked by a marker in the last user message, ``[[NAME]]``:
-text (default), tool, text+tool, error500, error400, midstream, slow, badjson, truncated, and
+text (default), tool, text+tool, error500, error400 (a context-length refusal), invalid400, midstream, slow, badjson,
+truncated, the faults of a broken engine (shortbody, badchoices, baddelta, arraydata, badusage, hang, empty400), and
 diligent (a non-streamed answer that does what the request asks: calls the offered tool with the
 city the question names, fills a JSON schema, finds a passphrase, writes the asked-for function,
 answers the benchmark's questions; streamed, it is ``text``), exhausted (a blank answer cut off by
@@ -108,8 +109,10 @@ class Script:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._record(request)
         scenario = scenario_of(body)
-        if scenario in ("error500", "error400"):
+        if scenario in ("error500", "error400", "invalid400"):
             return self._openai_error(scenario)
+        if scenario in FAULTS:
+            return await FAULTS[scenario](self, request, body)
         model = body.get("model", "")
         if not body.get("stream"):
             return web.json_response(self._chat_whole(scenario, body, model))
@@ -203,7 +206,8 @@ class Script:
     @staticmethod
     def _openai_error(scenario: str) -> web.Response:
         status = 500 if scenario == "error500" else 400
-        message = "the engine crashed" if status == 500 else "This model's maximum context length is 8 tokens"
+        message = {"error500": "the engine crashed", "error400": "This model's maximum context length is 8 tokens",
+                   "invalid400": "the scripted server refuses this request"}[scenario]
         return web.json_response({"error": {"message": message, "type": "invalid_request_error", "param": None,
                                             "code": None}}, status=status)
 
@@ -300,6 +304,58 @@ class Script:
 
 def request_transport(response: web.StreamResponse) -> Any:
     return response._req.transport  # type: ignore[union-attr]
+
+
+# --- faults: answers a broken engine gives (OpenAI chat only) -----------------------------------
+
+
+async def _short_body(script: Script, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    """Promises 1000 bytes, sends 100, closes: the connection breaks after the headers."""
+    response = web.StreamResponse(headers={"content-type": "application/json"})
+    response.content_length = 1000
+    await response.prepare(request)
+    await response.write(b'{"id": "x", "choices": [' + b" " * 75)
+    request_transport(response).close()
+    return response
+
+
+async def _malformed_stream(script: Script, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    """One good chunk of text, then chunks its dialect does not allow (what the scenario names)."""
+    scenario = scenario_of(body)
+    response = await script._sse_start(request)
+    good = {"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "ok "}}]}
+    await script._send(response, good)
+    await asyncio.sleep(script.delay)
+    bad = {"badchoices": b'{"choices": "abc"}', "baddelta": b'{"choices": [{"index": 0, "delta": "x"}]}',
+           "arraydata": b"[1, 2, 3]"}[scenario]
+    await response.write(b"data: " + bad + b"\n\n")
+    await response.write(b"data: [DONE]\n\n")
+    return response
+
+
+async def _bad_usage(script: Script, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    """A whole answer whose usage counts are not counts."""
+    return web.json_response({"id": "c", "object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "fine"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": "abc", "completion_tokens": 1}})
+
+
+async def _hang(script: Script, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    """One chunk, then silence: an engine that hung mid-answer."""
+    response = await script._sse_start(request)
+    await script._send(response, {"id": "c", "object": "chat.completion.chunk",
+                                  "choices": [{"index": 0, "delta": {"content": "then nothing"}}]})
+    await asyncio.sleep(3600)
+    return response
+
+
+async def _empty_400(script: Script, request: web.Request, body: dict[str, Any]) -> web.Response:
+    """A refusal with no body at all (what llama.cpp's server did for an id it did not like)."""
+    return web.Response(status=400)
+
+
+FAULTS = {"shortbody": _short_body, "badchoices": _malformed_stream, "baddelta": _malformed_stream,
+          "arraydata": _malformed_stream, "badusage": _bad_usage, "hang": _hang, "empty400": _empty_400}
 
 
 async def models(request: web.Request) -> web.Response:

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from routing.dialects.anthropic_client import StreamToAnthropic
-from routing.dialects.openai_client import StreamToOpenAI
-from routing.dialects.sse import SSEDecoder, encode
+from inference.wire.anthropic_client import StreamToAnthropic
+from inference.wire.openai_client import StreamToOpenAI
+from inference.wire.sse import SSEDecoder, encode
 
 GOLDENS = sorted((Path(__file__).parent / "goldens").glob("*.json"))
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from routing.dialects import DialectError, UpstreamProtocolError
-from routing.dialects.anthropic_client import request_to_openai, response_to_anthropic
-from routing.dialects.openai_client import request_to_anthropic, response_to_openai
-from routing.dialects.sse import SSEDecoder
+from inference.wire import DialectError, UpstreamProtocolError
+from inference.wire.anthropic_client import request_to_openai, response_to_anthropic
+from inference.wire.openai_client import request_to_anthropic, response_to_openai
+from inference.wire.sse import SSEDecoder
 
 
 def test_anthropic_request_becomes_openai() -> None:

@@ -1,0 +1,206 @@
+"""One relayed request, from decision to answer: the candidates loop, the attempt budget, circuit breakers,
+fallback, the commit rule of each attempt, and the decision record.
+
+Consumers parse and render; this module serves. Per request: ask routing for a decision (ordered
+candidates with verdicts), then try the candidates in order within ``ANVIL_ATTEMPT_BUDGET``
+(``inference/attempt.py``), skipping serves whose circuit is open; the first attempt that commits
+answers the client. Every request leaves one decision record (metadata only) in the decision log,
+whatever happens to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from django.conf import settings
+
+from inference.admission import ADMISSION
+from inference.attempt import AttemptOutcome, CommitRule, ResponseSink, run_attempt
+from inference.auth import Principal
+from inference.errors import (
+    FrontDoorError,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+    UpstreamFailed,
+)
+from inference.exchange import Exchange
+from inference.wire import Dialect, DialectError
+from routing import live
+from routing.breaker import SKIP
+from routing.decide import Decision, decide
+from routing.decision_log import DECISION_LOG
+from routing.policy import Candidate
+from routing.profile import VERIFY
+from serves.catalog import SERVE_CATALOG
+
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
+
+
+@dataclass
+class DecisionRecordDraft:
+    """The decision log's row for one request, filled in as the request goes (metadata only)."""
+
+    id: str
+    request_id: str
+    endpoint: str
+    api_key: str = ""
+    requested_model: str = ""
+    work_class: str = ""
+    confident: bool = True
+    notes: list[str] = field(default_factory=list)
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    served_by: str = ""
+    outcome: str = ""
+    status: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    bytes_out: int = 0
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+
+    def decided(self, decision: Decision) -> None:
+        self.requested_model = decision.requested_model[:200]
+        self.work_class, self.confident, self.notes = decision.work_class, decision.confident, list(decision.notes)
+        self.candidates = ([{"serve": c.serve.name, "verdict": c.verdict} for c in decision.candidates]
+                           + [{"serve": name, "verdict": "excluded", "why": why} for name, why in decision.excluded])
+
+    def answered(self, final: AttemptOutcome, started: float) -> None:
+        self.served_by = final.serve if final.committed else ""
+        self.outcome, self.status = final.label, final.status
+        self.prompt_tokens, self.completion_tokens = final.prompt_tokens, final.completion_tokens
+        self.bytes_out = final.bytes_out
+        if final.first_byte_at:
+            self.ttft_ms = round((final.first_byte_at - started) * 1000, 3)
+
+
+@dataclass(frozen=True)
+class RelayRequest:
+    """What a consumer parsed: who asks, in which dialect, at which endpoint, with which body."""
+
+    dialect: Dialect
+    endpoint: str  # "chat" | "completions" | "messages"
+    body: dict[str, Any]
+    principal: Principal | None
+    request_id: str
+    client_headers: dict[bytes, bytes]
+    upstream_dialects: frozenset[str] = frozenset({"openai", "anthropic"})
+
+
+async def make_decision(body: dict[str, Any], dialects: frozenset[str]) -> Decision:
+    serves = await SERVE_CATALOG.get()
+    profile, rules = await live.PROFILE.get(), await live.RULES.get()
+    decision = decide(body, serves, profile, rules, live.policy_config(), dialects=dialects)
+    if decision.unknown_model:  # perhaps a serve added a moment ago: look again before a 404
+        serves = await SERVE_CATALOG.get(force=True)
+        decision = decide(body, serves, profile, rules, live.policy_config(), dialects=dialects)
+    return decision
+
+
+def refusal(decision: Decision, serves_known: str) -> FrontDoorError:
+    if decision.unknown_model:
+        return NotFound(f"The model {decision.requested_model!r} does not exist. Serves you can name: "
+                        f"{serves_known}; or auto, or a preset (anvil/planning, anvil/chat, …).",
+                        param="model", code="model_not_found")
+    if decision.too_large:
+        return PayloadTooLarge("No serve's context window fits this request: "
+                               + "; ".join(why for _, why in decision.excluded))
+    why = "; ".join(f"{name}: {reason}" for name, reason in decision.excluded) or "no enabled serve"
+    return Unavailable(f"No serve may answer this {decision.work_class} request ({why}).")
+
+
+def commit_rule(candidate: Candidate, stream: bool) -> tuple[CommitRule, bool]:
+    """(how a stream commits, whether a whole answer is verified) for one candidate.
+
+    A whole answer is verified whenever the verdict asks: the client waits for all of it anyway.
+    A stream is held whole (strict) only where a measurement or an operator said allow-with-verify;
+    an unmeasured serve gets the short prefix check, so a fresh install streams token by token; an
+    allowed serve streams from its first byte.
+    """
+    verify_whole = candidate.verdict == VERIFY
+    if not stream or not verify_whole:
+        return CommitRule.OFF, verify_whole
+    return (CommitRule.STRICT if candidate.measured else CommitRule.PREFIX), verify_whole
+
+
+async def serve_request(sink: ResponseSink, request: RelayRequest) -> None:
+    """Answer ``request`` through ``sink``; a FrontDoorError means nothing was sent yet."""
+    started = time.perf_counter()
+    decision = await make_decision(request.body, request.upstream_dialects)
+    principal = request.principal
+    record = DecisionRecordDraft(str(uuid.uuid4()), request.request_id, request.endpoint,
+                                 api_key=f"{principal.name} ({principal.prefix})" if principal else "")
+    record.decided(decision)
+    sink.tags[b"x-anvil-decision"] = record.id.encode()
+    sink.tags[b"x-anvil-work-class"] = decision.work_class.encode()
+    try:
+        if not decision.candidates:
+            serves = await SERVE_CATALOG.get()
+            raise refusal(decision, ", ".join(s.name for s in serves) or "none")
+        with ADMISSION.admit(principal.key_id if principal else None):
+            final = await _attempts(sink, request, decision, record.attempts)
+        record.answered(final, started)
+    except FrontDoorError as error:
+        record.outcome, record.status = "error", error.status_code
+        raise
+    except asyncio.CancelledError:
+        record.outcome, record.status = "client-gone", CLIENT_CLOSED_REQUEST
+        raise
+    except Exception:
+        record.outcome, record.status = "error", 500  # a bug: the consumer answers 500, the record stays
+        raise
+    finally:
+        record.latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        DECISION_LOG.append(asdict(record))
+
+
+async def _attempts(sink: ResponseSink, request: RelayRequest, decision: Decision,
+                    attempts: list[dict[str, Any]]) -> AttemptOutcome:
+    budget = settings.ANVIL_ATTEMPT_BUDGET
+    last: AttemptOutcome | None = None
+    failures: list[str] = []
+    tried = 0
+    for candidate in decision.candidates:
+        serve = candidate.serve
+        if tried >= budget:
+            attempts.append({"serve": serve.name, "outcome": "budget-stop"})
+            continue
+        if await live.breaker_allows(serve.name) == SKIP:
+            attempts.append({"serve": serve.name, "outcome": "skipped-circuit"})
+            continue
+        tried += 1
+        exchange = Exchange(request.dialect, request.endpoint, request.body, serve, request.request_id,
+                            request.client_headers)
+        try:
+            upstream = exchange.upstream_request()
+        except DialectError as exc:
+            raise InvalidRequest(f"{exc.message} (serve {serve.name} speaks {serve.dialect}).",
+                                 param=exc.param) from None
+        rule, verify_whole = commit_rule(candidate, exchange.stream)
+        sink.tags[b"x-anvil-served-by"] = serve.name.encode()
+        outcome = await run_attempt(sink, exchange, upstream, rule=rule, verify_whole=verify_whole)
+        await live.breaker_record(serve.name, not outcome.upstream_failed)
+        entry = outcome.as_log()
+        entry["commit"] = rule.value if exchange.stream else ("verify" if verify_whole else "off")
+        attempts.append(entry)
+        if outcome.committed:
+            return outcome
+        last = outcome
+        failures.append(outcome.error.message if outcome.error else
+                        f"Serve {serve.name}'s answer failed verification ({', '.join(outcome.labels)})")
+    sink.tags.pop(b"x-anvil-served-by", None)
+    if last is not None and last.error is not None:
+        last.error.message = "; then ".join(failures)  # every attempt, in order, in one message
+        raise last.error
+    if last is not None:
+        raise UpstreamFailed(f"No serve produced an answer that passed verification "
+                             f"({', '.join(last.labels)}); attempts: "
+                             + ", ".join(f"{a['serve']}: {a['outcome']}" for a in attempts))
+    raise Unavailable("Every candidate serve is unavailable (open circuit breakers); retry shortly.",
+                      headers=[(b"retry-after", str(int(settings.ANVIL_BREAKER_COOLDOWN) or 1).encode())])
