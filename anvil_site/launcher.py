@@ -1,26 +1,45 @@
 """The process supervisor behind ``make run`` (``python manage.py runstack``).
 
 It starts the whole stack as child processes: the embedded Redis (when
-``REDIS_URL`` is unset), Daphne, a Celery worker and Celery beat; prefixes and
-interleaves their logs; and on Ctrl-C or SIGTERM stops every child, each in
-its own process group, so no grandchild (Celery's pool processes) survives.
+``REDIS_URL`` is unset), the HRM inference worker, Daphne, a Celery worker and
+Celery beat; prefixes and interleaves their logs; and on Ctrl-C or SIGTERM
+stops every child, each in its own process group, so no grandchild (Celery's
+pool processes) survives.
 
-When a child dies on its own, the supervisor names it and stops the rest
-instead of restarting it: a crash loop hidden behind restarts is worse than a
-stack that visibly stops, and whatever runs the launcher (a terminal, systemd,
-Compose) is the right place for a restart policy.
+When a child dies on its own, its ``ChildSpec.restart`` decides:
+
+* the HRM worker, the Celery worker and beat are restarted, after a back-off
+  that doubles from 1 s to 30 s and starts again from 1 s once the child has
+  stayed up a minute. Every death is logged in red with its exit code, and a
+  crash loop (a sixth death within five minutes) stops the stack with exit
+  status 1, naming the child: restarts must not hide a child that cannot run.
+* Redis and Daphne are not restarted: the death stops the whole stack (exit
+  status 1). Without Redis no process can work, and without the web process
+  there is no front door left to keep alive; whatever runs the launcher (a
+  terminal, systemd, Compose) owns that restart.
+
+Signals: the handler only records the signal in a plain attribute, and
+``signal.set_wakeup_fd`` writes a byte to a self-pipe that the main loop
+sleeps on (``poll``), so a stop is noticed at once. The handler takes no
+lock, ever: Python runs it in the main thread between two bytecodes, possibly
+while that thread holds a lock, and taking that lock again deadlocks the
+thread on itself. (It did: ``threading.Event.set()`` in the handler, while the
+main loop sat inside ``Event.wait()`` holding the event's condition lock,
+left a stack that ignored every SIGTERM.)
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +49,15 @@ STOP_TIMEOUT_SECONDS = 15.0
 POLL_SECONDS = 0.2
 COLOURS = ["36", "35", "33", "32", "34", "31"]  # cyan, magenta, yellow, green, blue, red
 _PR_SET_PDEATHSIG = 1
+_STOP_SIGNALS: dict[int, str] = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
 
 
 class LaunchError(Exception):
     """The stack cannot start; the message says why and what to do."""
+
+
+class StopRequested(LaunchError):
+    """A stop (Ctrl-C, SIGTERM) came while the stack was starting: not a failure."""
 
 
 @dataclass
@@ -46,6 +70,21 @@ class ChildSpec:
     ready_timeout: float = 60.0
     # Stopped after the others (the embedded Redis they all talk to).
     infrastructure: bool = False
+    # Restarted (with back-off) when it dies on its own; otherwise its death stops the stack.
+    restart: bool = False
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How a restartable child comes back, and when its deaths count as a crash loop."""
+
+    first_delay: float = 1.0
+    max_delay: float = 30.0
+    # Up this long, a child counts as healthy again: its next restart waits first_delay.
+    stable_after: float = 60.0
+    # More deaths than this within `window` seconds stop the stack.
+    max_restarts: int = 5
+    window: float = 300.0
 
 
 @dataclass
@@ -54,7 +93,10 @@ class _Child:
     process: subprocess.Popen[bytes]
     reader: threading.Thread
     colour: str = ""
-    stopping: bool = field(default=False)
+    started_at: float = 0.0
+    delay: float = 0.0  # the back-off before its next restart
+    restart_at: float | None = None  # dead, waiting out its back-off
+    deaths: deque[float] = field(default_factory=deque)  # monotonic times, within the policy's window
 
 
 try:
@@ -66,19 +108,30 @@ except OSError:  # not glibc Linux: children then rely on stop_all alone
 def _die_with_parent() -> None:
     # Runs in the child between fork and exec (so it only calls into the
     # already-loaded libc): if the launcher is killed with SIGKILL and gets no
-    # chance to clean up, the kernel sends the child SIGTERM.
+    # chance to clean up, the kernel sends the child SIGTERM. The kernel ties
+    # this to the forking *thread*, so children are only ever started from the
+    # main thread (restarts included), which lives as long as the launcher.
     if _LIBC is not None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class Supervisor:
-    def __init__(self, out: IO[str] | None = None, stop_timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+    def __init__(self, out: IO[str] | None = None, stop_timeout: float = STOP_TIMEOUT_SECONDS,
+                 restart_policy: RestartPolicy | None = None) -> None:
         self.out = out or sys.stdout
         self.stop_timeout = stop_timeout
+        self.restart_policy = restart_policy or RestartPolicy()
         self.children: list[_Child] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._signal_name: str | None = None
+        self._lock = threading.Lock()  # one log line at a time; never taken by the signal handler
+        # Set by the signal handler or request_stop: a plain attribute, so setting it takes no lock.
+        self._stop_reason: str | None = None
+        # The self-pipe the main loop sleeps on; a byte in it means "look at _stop_reason now".
+        # One pipe per supervisor, for the life of the process (it may be the signal wakeup fd).
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        self._waker = select.poll()  # poll, not select: no FD_SETSIZE limit on the pipe's number
+        self._waker.register(self._wake_read, select.POLLIN)
         self._colour = self.out.isatty() and os.environ.get("NO_COLOR") is None
         self._width = 8
 
@@ -91,19 +144,65 @@ class Supervisor:
             self.out.write(f"{prefix} {line}\n")
             self.out.flush()
 
-    def _pump(self, child: _Child) -> None:
-        stream = child.process.stdout
-        assert stream is not None
+    def _pump(self, child: _Child, stream: IO[bytes]) -> None:
         for raw in iter(stream.readline, b""):
             self.say(raw.decode("utf-8", "replace").rstrip("\n"), child.spec.name, child.colour)
         stream.close()
 
+    # --- stopping -----------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        """Ctrl-C and SIGTERM stop the stack. Call from the main thread."""
+
+        def on_signal(signum: int, frame: object) -> None:
+            # An assignment only: no lock, no logging, no Event (see the module docstring).
+            # The C-level handler has already written to the wakeup pipe.
+            self._stop_reason = f"{_STOP_SIGNALS.get(signum, f'signal {signum}')} received"
+
+        signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Ask the main loop to stop the stack; safe from any thread."""
+        self._stop_reason = reason
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_write, b"\0")
+        except BlockingIOError:  # the pipe is full of wake-ups already
+            pass
+
+    def _nap(self, seconds: float) -> None:
+        """Sleep up to ``seconds``; return at once when a stop is requested."""
+        if self._stop_reason is not None or seconds <= 0:
+            return
+        # A signal between the check above and poll() has left a byte in the pipe: no lost wake-up.
+        if self._waker.poll(seconds * 1000):
+            try:
+                while os.read(self._wake_read, 512):
+                    pass
+            except BlockingIOError:
+                pass
+
     # --- lifecycle ----------------------------------------------------------
     def start(self, spec: ChildSpec) -> None:
+        if self._stop_reason is not None:
+            raise StopRequested(f"{self._stop_reason} before {spec.name} was started")
         self._width = max(self._width, len(spec.name) + 1)
+        colour = COLOURS[len(self.children) % len(COLOURS)]
+        child = _Child(spec, self._spawn(spec), threading.Thread(target=lambda: None), colour,
+                       delay=self.restart_policy.first_delay)
+        self._began(child)
+        self.children.append(child)
+        self.say(f"started {spec.name} (pid {child.process.pid})")
+        if spec.ready is not None:
+            self._wait_ready(child)
+
+    def _spawn(self, spec: ChildSpec) -> subprocess.Popen[bytes]:
         env = dict(os.environ if spec.env is None else spec.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        process = subprocess.Popen(
+        return subprocess.Popen(
             spec.argv,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -112,49 +211,84 @@ class Supervisor:
             start_new_session=True,  # its own process group: we stop it and all it forked
             preexec_fn=_die_with_parent,
         )
-        colour = COLOURS[len(self.children) % len(COLOURS)]
-        child = _Child(spec, process, threading.Thread(target=lambda: None), colour)
-        child.reader = threading.Thread(target=self._pump, args=(child,), name=f"log-{spec.name}", daemon=True)
+
+    def _began(self, child: _Child) -> None:
+        child.started_at = time.monotonic()
+        assert child.process.stdout is not None
+        child.reader = threading.Thread(target=self._pump, args=(child, child.process.stdout),
+                                        name=f"log-{child.spec.name}", daemon=True)
         child.reader.start()
-        self.children.append(child)
-        self.say(f"started {spec.name} (pid {process.pid})")
-        if spec.ready is not None:
-            self._wait_ready(child)
 
     def _wait_ready(self, child: _Child) -> None:
         deadline = time.monotonic() + child.spec.ready_timeout
         while time.monotonic() < deadline:
             if child.process.poll() is not None:
                 raise LaunchError(f"{child.spec.name} exited with code {child.process.returncode} while starting")
-            if self._stop.is_set():
-                raise LaunchError(f"stopped by {self._signal_name} while {child.spec.name} was starting")
+            if self._stop_reason is not None:
+                raise StopRequested(f"{self._stop_reason} while {child.spec.name} was starting")
             try:
                 if child.spec.ready():  # type: ignore[misc]
                     return
             except Exception:  # not ready yet: the probe's own error is the reason to wait
                 pass
-            time.sleep(POLL_SECONDS)
+            self._nap(POLL_SECONDS)
         raise LaunchError(f"{child.spec.name} was not ready within {child.spec.ready_timeout:g} s")
 
-    def install_signal_handlers(self) -> None:
-        def on_signal(signum: int, frame: object) -> None:
-            self._signal_name = signal.Signals(signum).name
-            self._stop.set()
-
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
-
     def wait(self) -> int:
-        """Block until a signal (exit 0) or a child's death (exit 1)."""
-        while not self._stop.wait(POLL_SECONDS):
+        """Run the stack until a stop request (exit 0) or a death it cannot outlive (exit 1).
+
+        Restartable children that die are restarted here, after their back-off.
+        """
+        while self._stop_reason is None:
+            now = time.monotonic()
             for child in self.children:
+                if child.restart_at is not None:
+                    if now >= child.restart_at and not self._restart(child):
+                        return 1
+                    continue
                 code = child.process.poll()
-                if code is not None:
-                    self.say(f"{child.spec.name} (pid {child.process.pid}) exited with code {code}; "
-                             "stopping the rest of the stack", colour="31")
+                if code is not None and not self._schedule_restart(child, code, now):
                     return 1
-        self.say(f"{self._signal_name or 'stop'} received; stopping the stack")
+            pending = [c.restart_at - now for c in self.children if c.restart_at is not None]
+            self._nap(min([POLL_SECONDS, *pending]))
+        self.say(f"{self._stop_reason}; stopping the stack")
         return 0
+
+    def _schedule_restart(self, child: _Child, code: int, now: float) -> bool:
+        """Note ``child``'s death; False when the stack must stop because of it."""
+        name, pid, policy = child.spec.name, child.process.pid, self.restart_policy
+        # What it left in its group (pool processes) must not outlive it, nor hold its log pipe open.
+        self._signal_group(child, signal.SIGKILL)
+        if not child.spec.restart:
+            self.say(f"{name} (pid {pid}) exited with code {code}; stopping the rest of the stack", colour="31")
+            return False
+        if now - child.started_at >= policy.stable_after:
+            child.delay = policy.first_delay
+        while child.deaths and now - child.deaths[0] > policy.window:
+            child.deaths.popleft()
+        child.deaths.append(now)
+        if len(child.deaths) > policy.max_restarts:
+            self.say(f"{name} (pid {pid}) exited with code {code}: {len(child.deaths)} deaths within "
+                     f"{policy.window:g} s, a crash loop; stopping the stack", colour="31")
+            return False
+        self.say(f"{name} (pid {pid}) exited with code {code}; restarting it in {child.delay:g} s "
+                 f"(restart {len(child.deaths)} of at most {policy.max_restarts} within {policy.window:g} s)",
+                 colour="31")
+        child.restart_at = now + child.delay
+        child.delay = min(child.delay * 2, policy.max_delay)
+        return True
+
+    def _restart(self, child: _Child) -> bool:
+        child.reader.join(timeout=1)  # the dead process's last lines come before the new one's first
+        try:
+            child.process = self._spawn(child.spec)
+        except OSError as exc:
+            self.say(f"cannot restart {child.spec.name}: {exc}; stopping the stack", colour="31")
+            return False
+        child.restart_at = None
+        self._began(child)
+        self.say(f"restarted {child.spec.name} (pid {child.process.pid})")
+        return True
 
     def stop_all(self) -> None:
         """Stop the applications together, then the infrastructure they use."""
@@ -248,8 +382,12 @@ def embedded_redis_spec(socket_path: Path, work_dir: Path) -> ChildSpec:
     return ChildSpec("redis", argv, ready=lambda: redis_answers(url), ready_timeout=15, infrastructure=True)
 
 
-def web_spec(host: str, port: int, readiness_url: str) -> ChildSpec:
-    argv = [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "--application-close-timeout", "10"]
+def web_spec(host: str, port: int, readiness_url: str, behind_proxy: bool = False) -> ChildSpec:
+    # Daphne with Anvil's request class: oversized and slow bodies are refused before they are spooled.
+    argv = [sys.executable, "-m", "anvil_site.webserver", "-b", host, "-p", str(port),
+            "--application-close-timeout", "10"]
+    if behind_proxy:
+        argv.append("--proxy-headers")  # the client's address, not the proxy's (the sign-in throttle keys on it)
     if os.environ.get("ANVIL_ACCESS_LOG", "") in ("1", "true", "yes"):
         argv += ["--access-log", "-"]
     else:
@@ -264,14 +402,15 @@ def worker_spec(concurrency: int) -> ChildSpec:
         "--loglevel", "INFO", "--concurrency", str(concurrency), "--hostname", "worker@%h",
         "--without-mingle", "--without-gossip",
     ]
-    return ChildSpec("worker", argv)
+    return ChildSpec("worker", argv, restart=True)
 
 
 def hrm_spec(checkpoint: Path, port: int, name: str) -> ChildSpec:
     argv = [sys.executable, str(Path(__file__).resolve().parent.parent / "manage.py"), "runinference",
             "--checkpoint", str(checkpoint), "--port", str(port), "--served-model-name", name]
     # Ready after the model loaded and answered a warm-up request (the worker's /readyz).
-    return ChildSpec("hrm", argv, ready=lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), ready_timeout=180)
+    return ChildSpec("hrm", argv, ready=lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), ready_timeout=180,
+                     restart=True)
 
 
 def beat_spec(work_dir: Path) -> ChildSpec:
@@ -279,4 +418,4 @@ def beat_spec(work_dir: Path) -> ChildSpec:
         sys.executable, "-m", "celery", "-A", "anvil_site", "beat", "--loglevel", "INFO",
         "--pidfile", "", "--schedule", str(work_dir / "celerybeat-schedule"),
     ]
-    return ChildSpec("beat", argv)
+    return ChildSpec("beat", argv, restart=True)

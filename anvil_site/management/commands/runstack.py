@@ -13,6 +13,7 @@ from anvil_site.checks import fail_fast
 from anvil_site.environment import describe_database, describe_redis
 from anvil_site.launcher import (
     LaunchError,
+    StopRequested,
     Supervisor,
     beat_spec,
     embedded_redis_spec,
@@ -51,12 +52,16 @@ class Command(BaseCommand):
             hrm = None if options["no_hrm"] else settings.ANVIL_HRM_CHECKPOINT
             if hrm is not None:
                 self._start_hrm(supervisor, hrm)
-            supervisor.start(web_spec(bind.host, bind.port, f"{bind.url}/readyz"))
+            supervisor.start(web_spec(bind.host, bind.port, f"{bind.url}/readyz",
+                                      behind_proxy=settings.ANVIL_BEHIND_TLS_PROXY))
             supervisor.start(worker_spec(options["worker_concurrency"]))
             if not options["no_beat"]:
                 supervisor.start(beat_spec(settings.VAR_DIR))
             self._banner(supervisor, admin)
             code = supervisor.wait()
+        except StopRequested as exc:  # Ctrl-C or SIGTERM during start-up: a stop, not a failure
+            supervisor.say(f"{exc}; stopping the stack")
+            code = 0
         except LaunchError as exc:
             supervisor.say(f"cannot start: {exc}", colour="31")
         finally:
