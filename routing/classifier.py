@@ -42,6 +42,7 @@ class RequestSummary:
     total_chars: int
     has_tools: bool
     thinking: bool
+    has_images: bool = False  # image content anywhere in the input: only serves that take images may answer
 
 
 @dataclass(frozen=True)

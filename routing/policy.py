@@ -1,7 +1,8 @@
 """The policy: from the enabled serves to an ordered list of candidates, each with its verdict and notes.
 
 1. hard constraints: the context must fit (nothing fits -> ``too_large``, a 413), tools
-   must be supported;
+   must be supported, images go only to serves that take them (no serve offered takes
+   them -> ``modality_unsupported``, a 400);
 2. the metered-cloud gate: metered tiers only for the work classes allowed to use them;
 3. the deny filter (fail-closed): a serve the profile denies is never a candidate;
 4. order by tier cost, and within a tier the resident (already running) serve first, so a
@@ -37,6 +38,7 @@ class PolicyInput:
     needs_tools: bool = False
     pinned_serve: str | None = None
     pinned_tier: str | None = None
+    needs_images: bool = False
 
 
 @dataclass(frozen=True)
@@ -51,13 +53,22 @@ class Route:
     excluded: tuple[tuple[str, str], ...] = ()  # (serve, why)
     too_large: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
+    modality_unsupported: bool = False
 
 
 def tier_rank(tier: str, config: PolicyConfig) -> int:
     return config.tier_order.index(tier) if tier in config.tier_order else len(config.tier_order)
 
 
+def _takes_no_images(serve: ServeView) -> str:
+    return f"images: the serve takes {', '.join(serve.modalities) or 'nothing'} only, not images"
+
+
 def route(serves: tuple[ServeView, ...], profile: Profile, request: PolicyInput, config: PolicyConfig) -> Route:
+    if request.needs_images and serves and not any(serve.takes_images for serve in serves):
+        # No candidate could take it whatever the profile says: a client error, said before any upstream call.
+        return Route((), tuple((serve.name, _takes_no_images(serve)) for serve in serves), modality_unsupported=True,
+                     notes=("the request carries images and no serve takes them",))
     candidates: list[Candidate] = []
     excluded: list[tuple[str, str]] = []
     fits_context = 0
@@ -67,6 +78,9 @@ def route(serves: tuple[ServeView, ...], profile: Profile, request: PolicyInput,
             excluded.append((serve.name, f"context: needs ~{needed} tokens, limit {limit}"))
             continue
         fits_context += 1
+        if request.needs_images and not serve.takes_images:
+            excluded.append((serve.name, _takes_no_images(serve)))
+            continue
         if request.needs_tools and not serve.supports_tools:
             excluded.append((serve.name, "tools: the serve cannot answer tool calls"))
             continue

@@ -39,7 +39,11 @@ class OperationResult:
 
 
 def claim(serve_id: int, action: str) -> str | None:
-    """Take the serve for one operation; None when another operation holds it."""
+    """Take the serve for one operation; None when another operation holds it.
+
+    A plain ``update``: the claim is not what the serve catalog shows, so it must not bump
+    ``updated_at`` (state writes go through ``write_state``, which does).
+    """
     token = uuid.uuid4().hex
     now = timezone.now()
     taken = (
@@ -100,7 +104,7 @@ def do_lifecycle(serve_id: int, action: str, requested_by: str, *, dry_run: bool
             return _record(serve, action, requested_by, started, Outcome.NOTHING, plan.explanation, [], state, state)
         result = run_plan(plan)
         after, _ = _state_of(serve)
-        Serve.objects.filter(pk=serve_id).update(state=after, state_detail=plan.explanation[:500])
+        Serve.objects.filter(pk=serve_id).write_state(state=after, state_detail=plan.explanation[:500])
         if result.ok:
             outcome, detail = Outcome.OK, plan.explanation
         else:
@@ -130,9 +134,12 @@ def do_status(serve_id: int, requested_by: str, *, record: bool = True) -> Opera
         health = probed.health if probed else (Health.UNKNOWN if problem else Health.UNREACHABLE)
         model = ", ".join(probed.model_ids) if probed else ""
         detail = problem or (probed.detail if probed else "") or _down_detail(serve, state)
-        Serve.objects.filter(pk=serve_id).update(
+        fields: dict[str, object] = {}
+        if probed is not None and probed.listed:  # an unanswered /models leaves the last probed limit as it was
+            fields["context_limit_probed"] = probed.context_limit
+        Serve.objects.filter(pk=serve_id).write_state(
             state=state, health=health, reported_model=model[:200], gpu_memory=gpu_memory(serve.gpu),
-            state_detail=detail[:500], checked_at=timezone.now(),
+            state_detail=detail[:500], checked_at=timezone.now(), **fields,
         )
         summary = f"{state}, health {health}" + (f", model {model}" if model else "")
         summary += f" ({detail})" if detail else ""

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db import models
 from django.db.models import QuerySet
@@ -11,7 +12,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from serves.actions import enqueue
-from serves.models import Health, Serve, ServeEvent
+from serves.models import Health, Modality, Serve, ServeEvent
 
 STATE_COLOURS = {"running": "#1f7a3d", "paused": "#b54708", "exited": "#5b6475", "missing": "#5b6475",
                  "restarting": "#b42318", "dead": "#b42318", "remote": "#3b5bdb"}
@@ -59,23 +60,30 @@ class ServeAdmin(admin.ModelAdmin):
     search_fields = ["name", "served_model", "container"]
     actions = ["bring_up", "bring_down", "refresh"]
     readonly_fields = ["state", "health", "reported_model", "gpu_memory", "state_detail", "checked_at",
-                       "fingerprint_display", "created_at", "updated_at"]
+                       "context_limit_probed", "fingerprint_display", "created_at", "updated_at"]
     inlines = [ServeEventInline]
     change_form_template = "admin/serves/serve/change_form.html"
     # Local serves speak plain http on loopback; don't guess https for a bare host.
     formfield_overrides = {models.URLField: {"assume_scheme": "http"}}
     fieldsets = [
         (None, {"fields": ["name", "tier", "engine", "dialect", "enabled", "groups"]}),
-        ("Where it answers", {"fields": ["base_url", "port", "served_model", "health_path", "api_key_env",
-                                         "supports_tools"]}),
+        ("Where it answers", {"fields": ["base_url", "port", "served_model", "health_path", "api_key_env"]}),
+        ("What it can take", {"fields": ["modalities", "supports_tools", "thinking", "embeddings", "responses_api",
+                                         "stream_verify"]}),
         ("Container", {"fields": ["container", "compose_file", "compose_service", "up_command", "trusted_command",
                                   "gpu", "queue"]}),
         ("Identity (a change marks measurements stale)", {
-            "fields": ["model_source", "revision", "quantization", "context_limit", "extra_body", "engine_args",
-                       "fingerprint_display"]}),
+            "fields": ["model_source", "revision", "quantization", "context_limit", "context_limit_probed",
+                       "extra_body", "engine_args", "fingerprint_display"]}),
         ("Last known state", {"fields": ["state", "health", "reported_model", "gpu_memory", "state_detail",
                                          "checked_at", "created_at", "updated_at"]}),
     ]
+
+    def formfield_for_dbfield(self, db_field: models.Field, request: HttpRequest, **kwargs: Any) -> forms.Field:
+        if db_field.name == "modalities":  # checkboxes rather than a JSON text box: the values are a closed set
+            return forms.MultipleChoiceField(choices=Modality.choices, widget=forms.CheckboxSelectMultiple,
+                                             label="Modalities", help_text=db_field.help_text)
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     @admin.display(description="state", ordering="state")
     def state_badge(self, serve: Serve) -> str:

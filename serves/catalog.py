@@ -22,7 +22,7 @@ class ServeView:
     base_url: str
     served_model: str
     api_key_env: str
-    context_limit: int | None
+    context_limit: int | None  # the effective limit: the operator's when set, else the engine's probed one
     supports_tools: bool
     fingerprint: str
     extra_body: dict[str, object]
@@ -30,15 +30,27 @@ class ServeView:
     state: str
     health: str
     created: int
+    # Capabilities (serves/models.py says what each value means); defaults are a plain text serve's.
+    modalities: tuple[str, ...] = ("text",)
+    thinking: str = ""
+    embeddings: bool = False
+    responses_api: bool = False
+    stream_verify: str = "profile"
+
+    @property
+    def takes_images(self) -> bool:
+        return "image" in self.modalities
 
 
 def _view(serve: Serve) -> ServeView:
     return ServeView(
         id=serve.pk, name=serve.name, tier=serve.tier, engine=serve.engine, dialect=serve.dialect,
         base_url=serve.effective_base_url, served_model=serve.served_model, api_key_env=serve.api_key_env,
-        context_limit=serve.context_limit, supports_tools=serve.supports_tools, fingerprint=serve.fingerprint(),
-        extra_body=dict(serve.extra_body or {}), is_local=serve.is_local,
+        context_limit=serve.effective_context_limit, supports_tools=serve.supports_tools,
+        fingerprint=serve.fingerprint(), extra_body=dict(serve.extra_body or {}), is_local=serve.is_local,
         state=serve.state, health=serve.health, created=int(serve.created_at.timestamp()),
+        modalities=tuple(serve.modalities or ("text",)), thinking=serve.thinking, embeddings=serve.embeddings,
+        responses_api=serve.responses_api, stream_verify=serve.stream_verify,
     )
 
 

@@ -5,10 +5,15 @@ up, groups; ``{dir}`` is the manifest's folder — plus Anvil's fields under the
 model's names (tier, engine, base_url, dialect, gpu, …). The manifest is the
 whole truth about a serve's configuration: a field it leaves out is reset to
 its default, so export → edit → import never leaves drift behind.
+
+``context_limit`` is the operator's: the limit an engine reports (vLLM's
+``max_model_len``) is state the status probe keeps, never written here, and
+used only while the manifest leaves ``context_limit`` out.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import tomllib
@@ -20,7 +25,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from serves.compose import parse_up_command, up_command_text
-from serves.models import Dialect, Engine, Serve
+from serves.models import MODALITIES, Dialect, Engine, Serve, StreamVerify, Thinking, default_modalities
 from serves.upstream_keys import upstream_key_name_problem
 
 
@@ -56,6 +61,11 @@ MODEL_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     "gpu": ("gpu", (str, int)),
     "context_limit": ("context_limit", (int,)),
     "supports_tools": ("supports_tools", (bool,)),
+    "modalities": ("modalities", (list,)),
+    "thinking": ("thinking", (str,)),
+    "embeddings": ("embeddings", (bool,)),
+    "responses_api": ("responses_api", (bool,)),
+    "stream_verify": ("stream_verify", (str,)),
     "revision": ("revision", (str,)),
     "quantization": ("quantization", (str,)),
     "extra_body": ("extra_body", (dict,)),
@@ -76,7 +86,8 @@ MANAGED_DEFAULTS: dict[str, Any] = {
     "model_source": "", "health_path": "/health", "container": "", "compose_file": "", "compose_service": "",
     "up_command": "", "trusted_command": False, "groups": [], "gpu": "", "context_limit": None, "revision": "",
     "quantization": "", "supports_tools": True, "extra_body": {}, "engine_args": [], "api_key_env": "", "queue": "",
-    "enabled": True,
+    "enabled": True, "modalities": default_modalities(), "thinking": Thinking.NONE, "embeddings": False,
+    "responses_api": False, "stream_verify": StreamVerify.PROFILE,
 }
 DIALECT_OF_ENGINE = {Engine.ANTHROPIC: Dialect.ANTHROPIC}
 
@@ -129,7 +140,7 @@ def _parse_entry(entry: dict[str, Any], label: str, manifest_dir: Path) -> dict[
     for key in REQUIRED_KEYS:
         if key not in entry:
             raise ManifestError("missing (every serve needs name and model)", label, key)
-    row = dict(MANAGED_DEFAULTS)
+    row = copy.deepcopy(MANAGED_DEFAULTS)  # rows never share a default list or dict
     for key, value in entry.items():
         if key == "up":
             continue
@@ -137,8 +148,10 @@ def _parse_entry(entry: dict[str, Any], label: str, manifest_dir: Path) -> dict[
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             expected = " or ".join(t.__name__ for t in types)
             raise ManifestError(f"expected {expected}, got {type(value).__name__}", label, key)
-        if key in ("groups", "engine_args") and not all(isinstance(item, str) for item in value):
+        if key in ("groups", "engine_args", "modalities") and not all(isinstance(item, str) for item in value):
             raise ManifestError("expected a list of strings", label, key)
+        if key == "modalities":  # the model's order, so a reordered list is no change (clean() checks the values)
+            value = sorted(value, key=lambda m: MODALITIES.index(m) if m in MODALITIES else len(MODALITIES))
         row[field_name] = str(value) if key == "gpu" else value
     # Refused before any row is touched: the variable's value would be sent upstream as a bearer token.
     key_name_problem = upstream_key_name_problem(row["api_key_env"])
@@ -224,7 +237,8 @@ def _manifest_key(field_name: str) -> str:
 
 EXPORT_ORDER = ["name", "tier", "engine", "dialect", "container", "port", "base_url", "model", "model_source",
                 "health", "up", "groups", "gpu", "context_limit", "revision", "quantization", "extra_body",
-                "engine_args", "supports_tools", "api_key_env", "queue", "enabled", "trusted_command"]
+                "engine_args", "supports_tools", "modalities", "thinking", "embeddings", "responses_api",
+                "stream_verify", "api_key_env", "queue", "enabled", "trusted_command"]
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 

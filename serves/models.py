@@ -5,6 +5,7 @@ import json
 
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 
 from serves.dialects import SERVE_DIALECTS, Dialect
@@ -39,9 +40,62 @@ class Health(models.TextChoices):
     UNKNOWN = "unknown"
 
 
+class Modality(models.TextChoices):
+    TEXT = "text"
+    IMAGE = "image"
+
+
+MODALITIES = tuple(Modality.values)  # the canonical order a serve's list is kept in
+
+
+def default_modalities() -> list[str]:
+    return [Modality.TEXT.value]
+
+
+class Thinking(models.TextChoices):
+    """How a request switches the serve into reasoning (the serving code translates to it)."""
+
+    NONE = "", "cannot reason"
+    EFFORT = "effort", "reasoning_effort (OpenAI)"
+    TEMPLATE = "template", "chat_template_kwargs.enable_thinking (vLLM, SGLang)"
+    NATIVE = "native", "thinking (Anthropic)"
+
+
+class StreamVerify(models.TextChoices):
+    """How a stream from this serve is checked before the client sees it."""
+
+    PROFILE = "profile", "as the live profile says (strict where measured allow-with-verify, else a prefix)"
+    PREFIX = "prefix", "hold a short prefix, then pass through"
+    STRICT = "strict", "hold the whole answer, verify, then replay or fall back"
+    OFF = "off", "pass through from the first byte"
+
+
 # The fields that say which model answers and how: a change to any of them
-# means earlier measurements of this serve no longer describe it.
+# means earlier measurements of this serve no longer describe it. The context
+# limit here is the operator's only: a probed one (context_limit_probed) is read
+# back from the engine on every sweep and must not make profiles stale.
 IDENTITY_FIELDS = ("engine", "served_model", "model_source", "revision", "quantization", "extra_body", "context_limit")
+
+# What the serve catalog (serves/catalog.py) shows of a serve's last known state. A write that
+# changes one of them must bump updated_at: that is what tells the web processes' snapshot to reload.
+CATALOG_STATE_FIELDS = ("state", "health", "context_limit_probed")
+
+
+class ServeQuerySet(models.QuerySet["Serve"]):
+    def write_state(self, **fields: object) -> int:
+        """Write last-known-state fields; bumps ``updated_at`` only on rows where the catalog sees a change.
+
+        ``QuerySet.update`` skips ``auto_now``, so a bare update of ``state`` leaves the snapshot of
+        every web process stale (routing would keep ordering by a residency that is gone). An
+        unchanged sweep bumps nothing, so the snapshots do not reload for nothing.
+        """
+        watched = [name for name in CATALOG_STATE_FIELDS if name in fields]
+        if watched:
+            changed = Q()
+            for name in watched:
+                changed |= ~Q(**{name: fields[name]})
+            self.filter(changed).update(**fields, updated_at=timezone.now())
+        return self.update(**fields)  # the rest, and every row the catalog sees no change on
 
 
 class Serve(models.Model):
@@ -71,8 +125,20 @@ class Serve(models.Model):
                                           help_text="Allow up_command to run although it is not docker compose up.")
     groups = models.JSONField(default=list, blank=True, help_text='Names to act on together, e.g. ["gpu0", "coding"].')
     gpu = models.CharField(max_length=64, blank=True, help_text="GPU UUID (preferred) or index.")
-    context_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Max context tokens.")
+    context_limit = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Max context tokens. Blank: what the engine reports (vLLM's max_model_len).")
+    context_limit_probed = models.PositiveIntegerField(
+        null=True, blank=True, editable=False, help_text="Max context tokens the engine reported at the last probe.")
     supports_tools = models.BooleanField(default=True, help_text="Whether the serve can answer tool calls.")
+    modalities = models.JSONField(default=default_modalities, blank=True,
+                                  help_text='What the serve takes as input: ["text"] or ["text", "image"].')
+    thinking = models.CharField(max_length=16, choices=Thinking.choices, default=Thinking.NONE, blank=True,
+                                help_text="Whether the serve can reason, and how a request switches it on.")
+    embeddings = models.BooleanField(default=False, help_text="Whether the serve answers /v1/embeddings.")
+    responses_api = models.BooleanField(default=False, help_text="Whether the serve speaks /v1/responses itself "
+                                        "(vLLM does); otherwise Anvil translates.")
+    stream_verify = models.CharField(max_length=16, choices=StreamVerify.choices, default=StreamVerify.PROFILE,
+                                     help_text="How a stream from this serve is verified before the client sees it.")
     revision = models.CharField(max_length=100, blank=True)
     quantization = models.CharField(max_length=50, blank=True)
     extra_body = models.JSONField(default=dict, blank=True, help_text="Merged into every request body upstream.")
@@ -99,6 +165,8 @@ class Serve(models.Model):
 
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ServeQuerySet.as_manager()
 
     class Meta:
         ordering = ["tier", "name"]
@@ -133,6 +201,11 @@ class Serve(models.Model):
                 return url[: -len(suffix)]
         return url
 
+    @property
+    def effective_context_limit(self) -> int | None:
+        """The operator's limit when set (it may be deliberately lower than the engine's), else the probed one."""
+        return self.context_limit or self.context_limit_probed
+
     def identity(self) -> dict[str, object]:
         return {field: getattr(self, field) for field in IDENTITY_FIELDS}
 
@@ -159,8 +232,25 @@ class Serve(models.Model):
             errors["extra_body"] = "extra_body is a JSON object."
         if not isinstance(self.engine_args, list) or not all(isinstance(a, str) for a in self.engine_args):
             errors["engine_args"] = "engine_args is a list of strings."
+        modalities_problem = _modalities_problem(self.modalities)
+        if modalities_problem:
+            errors["modalities"] = modalities_problem
+        else:
+            self.modalities = [m for m in MODALITIES if m in self.modalities]  # one order: equal lists compare equal
         if errors:
             raise ValidationError(errors)
+
+
+def _modalities_problem(value: object) -> str | None:
+    known = ", ".join(MODALITIES)
+    if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
+        return f"modalities is a non-empty list of: {known}."
+    unknown = sorted(set(value) - set(MODALITIES))
+    if unknown:
+        return f"unknown modalit{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}; known: {known}."
+    if len(set(value)) != len(value):
+        return "modalities lists a modality twice."
+    return None
 
 
 class ServeEvent(models.Model):

@@ -20,6 +20,19 @@ class ProbeResult:
     health: Health
     model_ids: tuple[str, ...] = ()
     detail: str = ""
+    listed: bool = False  # /models answered: what it says (or leaves out) about the context limit is current
+    context_limit: int | None = None  # the served model's max_model_len, where the engine reports it (vLLM)
+
+
+def reported_context_limit(models: list[object], served_model: str) -> int | None:
+    """``max_model_len`` of ``served_model`` in a /models list (vLLM reports it; OpenAI and others do not)."""
+    for item in models:
+        if isinstance(item, dict) and item.get("id") == served_model:
+            value = item.get("max_model_len")
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+            return None
+    return None
 
 
 def probe(serve: Serve) -> ProbeResult:
@@ -41,14 +54,17 @@ def probe(serve: Serve) -> ProbeResult:
         try:
             answer = client.get(base + "/models")
             answer.raise_for_status()
-            ids = tuple(str(item.get("id", "")) for item in answer.json().get("data", []) if isinstance(item, dict))
+            data = answer.json().get("data", [])
+            models = data if isinstance(data, list) else []
+            ids = tuple(str(item.get("id", "")) for item in models if isinstance(item, dict))
         except (httpx.HTTPError, ValueError, AttributeError) as exc:
             if health == Health.UNKNOWN:  # remote: /models is the only probe there is
                 return ProbeResult(Health.UNREACHABLE, detail=f"/models: {type(exc).__name__}: {exc}")
             return ProbeResult(health, detail=detail or f"/models: {type(exc).__name__}")
         if health == Health.UNKNOWN:
             health = Health.OK
-        return ProbeResult(health, ids, detail)
+        return ProbeResult(health, ids, detail, listed=True,
+                           context_limit=reported_context_limit(models, serve.served_model))
 
 
 def gpu_memory(gpu: str) -> str:

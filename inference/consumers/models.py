@@ -1,26 +1,64 @@
-"""GET /v1/models: the serves a client may name as ``model``."""
+"""GET /v1/models and GET /v1/models/{id}: the serves a client may name as ``model``.
+
+OpenAI's shapes (a list of ``model`` objects; one of them; a 404 with code ``model_not_found``),
+each model with an ``anvil`` object the SDKs ignore and a human or a harness reads: where the
+serve sits, its last known state, and what it can take.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from inference.auth import Principal
 from inference.consumers.base import FrontDoorConsumer
-from serves.catalog import SERVE_CATALOG
+from inference.errors import NotFound
+from serves.catalog import SERVE_CATALOG, ServeView
+
+MODELS_PATH = "/v1/models"
+
+
+def model_object(serve: ServeView) -> dict[str, Any]:
+    return {
+        "id": serve.name,
+        "object": "model",
+        "created": serve.created,
+        "owned_by": "anvil",
+        "anvil": {
+            "tier": serve.tier,
+            "engine": serve.engine,
+            "served_model": serve.served_model,
+            "state": serve.state,
+            "health": serve.health,
+            "capabilities": {
+                "modalities": list(serve.modalities),
+                "tools": serve.supports_tools,
+                "thinking": serve.thinking or None,  # how reasoning is switched on; null: the serve cannot reason
+                "embeddings": serve.embeddings,
+                "responses_api": serve.responses_api,
+                "context_limit": serve.context_limit,
+            },
+        },
+    }
+
+
+def find(serves: tuple[ServeView, ...], model_id: str) -> ServeView | None:
+    """The serve a ``model`` of that name routes to: its name first, else its served model's name."""
+    return (next((serve for serve in serves if serve.name == model_id), None)
+            or next((serve for serve in serves if serve.served_model == model_id), None))
 
 
 class ModelsConsumer(FrontDoorConsumer):
     methods = frozenset({"GET"})
 
     async def respond(self, body: bytes, principal: Principal | None) -> None:
+        model_id = self.scope["path"][len(MODELS_PATH):].strip("/")
         serves = await SERVE_CATALOG.get()
-        data = [
-            {
-                "id": serve.name,
-                "object": "model",
-                "created": serve.created,
-                "owned_by": "anvil",
-                # Extra fields are ignored by the SDKs and tell a human what answers.
-                "anvil": {"tier": serve.tier, "engine": serve.engine, "served_model": serve.served_model},
-            }
-            for serve in serves
-        ]
-        await self.send_json(200, {"object": "list", "data": data})
+        if not model_id:
+            await self.send_json(200, {"object": "list", "data": [model_object(serve) for serve in serves]})
+            return
+        serve = find(serves, model_id)
+        if serve is None:  # perhaps a serve added a moment ago: look again before a 404
+            serve = find(await SERVE_CATALOG.get(force=True), model_id)
+        if serve is None:
+            raise NotFound(f"The model {model_id!r} does not exist.", param="model", code="model_not_found")
+        await self.send_json(200, model_object(serve))

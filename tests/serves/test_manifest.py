@@ -21,6 +21,8 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+REMOTE = '[[serve]]\nname = "a"\nmodel = "m"\nbase_url = "http://127.0.0.1:9/v1"\n'
+
 SEED_ENTRY = """
 [[serve]]
 name = "fast"
@@ -80,6 +82,12 @@ def test_export_then_import_changes_nothing() -> None:
         ('[[serve]]\nname = "a"\nmodel = "m"\ncontainer = "c"\nport = 1\nup = "bash start.sh"\n', "#1 ('a')", "up"),
         ('[[serve]]\nname = "a b"\nmodel = "m"\nbase_url = "http://h/v1"\n', "'a b'", "name"),
         ('[[serve]]\nname = "a"\nmodel = "m"\nengine = "tgi"\nbase_url = "http://h/v1"\n', "'a'", "engine"),
+        (REMOTE + 'modalities = "image"\n', "#1 ('a')", "modalities"),
+        (REMOTE + 'modalities = ["text", "video"]\n', "'a'", "modalities"),
+        (REMOTE + 'modalities = []\n', "'a'", "modalities"),
+        (REMOTE + 'thinking = "always"\n', "'a'", "thinking"),
+        (REMOTE + 'stream_verify = "maybe"\n', "'a'", "stream_verify"),
+        (REMOTE + 'embeddings = "yes"\n', "#1 ('a')", "embeddings"),
     ],
 )
 def test_bad_entries_are_refused_naming_entry_and_field(tmp_path: Path, text: str, entry: str, field: str) -> None:
@@ -107,3 +115,60 @@ def test_an_arbitrary_up_command_imports_only_when_trusted(tmp_path: Path) -> No
     import_manifest(write(tmp_path, text))
     serve = Serve.objects.get(name="script")
     assert serve.up_command == "/opt/start-model.sh --port 9000" and not serve.uses_compose
+
+
+CAPABLE = """
+[[serve]]
+name = "vision"
+tier = "heavy"
+base_url = "http://127.0.0.1:30002/v1"
+model = "qwen2-vl"
+modalities = ["image", "text"]
+thinking = "template"
+embeddings = true
+responses_api = true
+stream_verify = "prefix"
+"""
+
+
+def test_capabilities_round_trip_through_export_and_import(tmp_path: Path) -> None:
+    assert import_manifest(write(tmp_path, CAPABLE)).created == ["vision"]
+    serve = Serve.objects.get(name="vision")
+    assert serve.modalities == ["text", "image"]  # kept in one order
+    assert (serve.thinking, serve.embeddings, serve.responses_api, serve.stream_verify) == (
+        "template", True, True, "prefix")
+    exported = export_manifest([serve])
+    for line in ('modalities = ["text", "image"]', 'thinking = "template"', "embeddings = true",
+                 "responses_api = true", 'stream_verify = "prefix"'):
+        assert line in exported
+    report = import_rows(parse_manifest(exported, tmp_path))
+    assert report.unchanged == ["vision"] and not report.changed
+
+
+def test_capabilities_left_out_are_a_plain_text_serves_and_are_not_exported(tmp_path: Path) -> None:
+    import_manifest(write(tmp_path, CAPABLE))
+    plain = "\n".join(line for line in CAPABLE.splitlines() if line.split(" = ")[0] in (
+        "[[serve]]", "name", "tier", "base_url", "model"))
+    report = import_manifest(write(tmp_path, plain))
+    assert report.changed == {"vision": ["modalities", "thinking", "embeddings", "responses_api", "stream_verify"]}
+    serve = Serve.objects.get(name="vision")
+    assert (serve.modalities, serve.thinking, serve.embeddings, serve.responses_api, serve.stream_verify) == (
+        ["text"], "", False, False, "profile")
+    exported = export_manifest([serve])
+    assert not any(key in exported for key in ("modalities", "thinking", "embeddings", "responses_api",
+                                               "stream_verify"))
+
+
+def test_a_reordered_modalities_list_is_no_change(tmp_path: Path) -> None:
+    import_manifest(write(tmp_path, CAPABLE))
+    report = import_manifest(write(tmp_path, CAPABLE.replace('["image", "text"]', '["text", "image"]')))
+    assert report.unchanged == ["vision"]
+
+
+def test_the_probed_context_limit_is_not_the_manifests(tmp_path: Path) -> None:
+    import_manifest(write(tmp_path, CAPABLE))
+    Serve.objects.filter(name="vision").write_state(context_limit_probed=32768)
+    serve = Serve.objects.get(name="vision")
+    assert "context_limit" not in export_manifest([serve])  # state, not configuration
+    assert import_manifest(write(tmp_path, CAPABLE)).unchanged == ["vision"]
+    assert Serve.objects.get(name="vision").context_limit_probed == 32768  # an import leaves the probe's value

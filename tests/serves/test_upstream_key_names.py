@@ -107,13 +107,14 @@ def test_model_validation_refuses_a_variable_not_named_for_keys() -> None:
     serve.full_clean()
 
 
-def _add_form(api_key_env: str) -> dict[str, str]:
+def _add_form(api_key_env: str) -> dict[str, object]:
     return {
         "name": "remote", "tier": "cloud", "engine": "openai", "dialect": "openai", "enabled": "on",
         "groups": "[]", "base_url": "https://api.example.com/v1", "port": "", "served_model": "m",
         "health_path": "/health", "api_key_env": api_key_env, "supports_tools": "on", "container": "",
         "compose_file": "", "compose_service": "", "up_command": "", "gpu": "", "queue": "", "model_source": "",
         "revision": "", "quantization": "", "context_limit": "", "extra_body": "{}", "engine_args": "[]",
+        "modalities": ["text"], "thinking": "", "stream_verify": "profile",
         "events-TOTAL_FORMS": "0", "events-INITIAL_FORMS": "0", "events-MIN_NUM_FORMS": "0",
         "events-MAX_NUM_FORMS": "0",
     }
