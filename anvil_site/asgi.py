@@ -31,11 +31,12 @@ from anvil_site.metrics import MetricsMiddleware, metrics_app  # noqa: E402
 from anvil_site.websockets import websocket_urlpatterns  # noqa: E402
 from inference.consumers.base import UnknownRouteConsumer  # noqa: E402
 from inference.consumers.models import ModelsConsumer  # noqa: E402
-from inference.consumers.native import NativeRelayConsumer  # noqa: E402
+from inference.consumers.native import CountTokensConsumer, PassThroughConsumer  # noqa: E402
 from inference.consumers.relay import (  # noqa: E402
     ChatCompletionsConsumer,
     CompletionsConsumer,
     MessagesConsumer,
+    ResponsesConsumer,
     RouteConsumer,
 )
 
@@ -47,7 +48,7 @@ gc.collect()
 gc.freeze()
 
 front_door_unknown = UnknownRouteConsumer.as_asgi()
-native_relay = NativeRelayConsumer.as_asgi()
+passthrough = PassThroughConsumer.as_asgi()
 
 http_application = PathDispatcher(
     exact={
@@ -55,14 +56,20 @@ http_application = PathDispatcher(
         "/v1/chat/completions": ChatCompletionsConsumer.as_asgi(),
         "/v1/completions": CompletionsConsumer.as_asgi(),
         "/v1/messages": MessagesConsumer.as_asgi(),
+        "/v1/responses": ResponsesConsumer.as_asgi(),
         "/v1/route": RouteConsumer.as_asgi(),
         "/healthz": healthz_app,
         "/readyz": readyz_app,
         "/metrics": metrics_app,
-        "/generate": native_relay,
-        "/loglikelihood": native_relay,
+        "/v1/embeddings": passthrough,
+        "/v1/messages/count_tokens": CountTokensConsumer.as_asgi(),
+        "/generate": passthrough,
+        "/loglikelihood": passthrough,
+        "/tokenizer_info": passthrough,
+        "/tokenize": passthrough,
+        "/detokenize": passthrough,
     },
-    prefixes=[("/v1/", front_door_unknown)],
+    prefixes=[("/v1/models/", ModelsConsumer.as_asgi()), ("/v1/", front_door_unknown)],
     fallback=django_application,
     fallback_groups=("/admin/", "/api/", "/static/", "/console/"),
 )

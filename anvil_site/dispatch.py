@@ -1,7 +1,8 @@
 """Which ASGI application answers an HTTP path.
 
-Exact paths first (a dict lookup), then prefixes, then Django. The matched
-route's label is stored in the scope for the metrics middleware.
+Exact paths first (a dict lookup; a trailing slash is forgiven, as clients and proxies add one),
+then prefixes, then Django. The matched route's label is stored in the scope for the metrics
+middleware.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class PathDispatcher:
         app = self.exact.get(path)
         if app is not None:
             return path, app
+        if path.endswith("/") and (app := self.exact.get(path.rstrip("/"))) is not None:
+            return path.rstrip("/"), app
         for prefix, app in self.prefixes:
             if path.startswith(prefix):
                 return prefix + "*", app
@@ -33,5 +36,7 @@ class PathDispatcher:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         route, app = self.resolve(scope["path"])
+        if route in self.exact and route != scope["path"]:
+            scope = {**scope, "path": route}  # /v1/chat/completions/ is /v1/chat/completions
         scope["anvil.route"] = route
         await app(scope, receive, send)

@@ -39,7 +39,7 @@ from inference.errors import (
 from inference.exchange import Exchange
 from inference.relay import UpstreamError, UpstreamRequest, UpstreamResponse, UpstreamTimedOut, open_upstream
 from inference.wire import Dialect, UpstreamProtocolError
-from inference.wire.answers import StreamAccumulator, from_anthropic, from_openai, usage_of
+from inference.wire.answers import REDUCERS, StreamAccumulator, usage_of
 from inference.wire.sse import SSEDecoder, SSEEvent
 from inference.wire.upstream import checked_answer, checked_event
 from routing.verify import Expectations, verify
@@ -66,6 +66,7 @@ class ResponseSink(Protocol):
     """Where an attempt writes the client's response (a front-door consumer)."""
 
     response_started: bool
+    timing: dict[str, float]  # Server-Timing phases, in ms
 
     def base_headers(self, content_type: bytes = ...) -> list[tuple[bytes, bytes]]: ...
 
@@ -131,6 +132,7 @@ async def run_attempt(sink: ResponseSink, exchange: Exchange, request: UpstreamR
     try:
         async with open_upstream(request) as upstream:
             out.status = upstream.status
+            sink.timing["upstream"] = (time.perf_counter() - out.started) * 1000  # to the upstream's headers
             if upstream.status >= 400:
                 await _upstream_error(sink, exchange, out, await upstream.read_capped(ERROR_BODY_LIMIT))
             elif exchange.stream:
@@ -143,7 +145,7 @@ async def run_attempt(sink: ResponseSink, exchange: Exchange, request: UpstreamR
         await _broken(sink, out, "unreachable", UpstreamFailed(f"Serve {name} could not be reached: {exc}."))
     except UpstreamProtocolError as exc:
         await _broken(sink, out, "fallback", UpstreamFailed(
-            f"Serve {name} answered something that is not a valid {exchange.upstream_dialect} response: {exc}"))
+            f"Serve {name} answered something that is not a valid {exchange.upstream_wire} response: {exc}"))
     except Exception as exc:  # a case the checks above missed: the client still gets an answer
         log.exception("attempt at serve %s failed unexpectedly", name)
         await _broken(sink, out, "fallback", UpstreamFailed(f"Serve {name}'s answer could not be relayed: "
@@ -185,7 +187,7 @@ async def _upstream_error(sink: ResponseSink, exchange: Exchange, out: AttemptOu
         out.give_up("fallback", rejected, upstream_failed=False)
         return
     out.committed, out.label = True, "error"
-    if exchange.same_dialect and _in_dialect(payload, exchange.client_dialect):
+    if exchange.passthrough and _in_dialect(payload, exchange.client_dialect):
         await sink.send_complete(status, payload, sink.base_headers())
         out.bytes_out = len(payload)
     else:  # empty, not JSON, or another shape (a worker's {"detail"}): told in the client's own dialect
@@ -207,7 +209,7 @@ def _in_dialect(payload: bytes, dialect: Dialect) -> bool:
 
 async def _whole(sink: ResponseSink, exchange: Exchange, upstream: UpstreamResponse, out: AttemptOutcome,
                  verify_whole: bool) -> None:
-    if exchange.same_dialect and not verify_whole:
+    if exchange.passthrough and not verify_whole:
         # Relay the bytes as they arrive; keep a copy only to read the usage afterwards.
         content_type = upstream.headers.get("content-type", "application/json").encode("latin-1")
         await sink.send_headers(status=upstream.status, headers=sink.base_headers(content_type))
@@ -219,24 +221,24 @@ async def _whole(sink: ResponseSink, exchange: Exchange, upstream: UpstreamRespo
             out.bytes_out += len(data)
             copy.append(data)
         await sink.send_body(b"")
-        out.usage(_usage_from_json(b"".join(copy), exchange.upstream_dialect))
+        out.usage(_usage_from_json(b"".join(copy), exchange.upstream_wire))
         return
     payload = await upstream.read_capped(WHOLE_ANSWER_LIMIT)
     try:
         answer = json.loads(payload)
     except ValueError as exc:
         raise UpstreamProtocolError(f"not JSON ({exc})") from None
-    checked_answer(answer, exchange.upstream_dialect)
+    checked_answer(answer, exchange.upstream_wire)
     if verify_whole:
-        reduced = from_anthropic(answer) if exchange.upstream_dialect == "anthropic" else from_openai(answer)
+        reduced = REDUCERS[exchange.upstream_wire](answer)
         out.labels = verify(reduced, expectations(exchange.body))
         if out.labels:
             out.label = "fallback"
             return
-    body = payload if exchange.same_dialect else json.dumps(exchange.translate_answer(answer)).encode()
+    body = payload if exchange.passthrough else json.dumps(exchange.translate_answer(answer)).encode()
     out.committed = True
     out.first_byte_at = time.perf_counter()
-    out.usage(usage_of(answer, exchange.upstream_dialect))
+    out.usage(usage_of(answer, exchange.upstream_wire))
     await sink.send_complete(upstream.status, body, sink.base_headers())
     out.bytes_out = len(body)
 
@@ -254,8 +256,8 @@ class _Stream:
     def __init__(self, sink: ResponseSink, exchange: Exchange, upstream: UpstreamResponse, out: AttemptOutcome,
                  rule: CommitRule) -> None:
         self.sink, self.exchange, self.upstream, self.out, self.rule = sink, exchange, upstream, out, rule
-        self.translator = None if exchange.same_dialect else exchange.stream_translator()
-        self.accumulator = StreamAccumulator(exchange.upstream_dialect) if rule is not CommitRule.OFF else None
+        self.translator = None if exchange.passthrough else exchange.stream_translator()
+        self.accumulator = StreamAccumulator(exchange.upstream_wire) if rule is not CommitRule.OFF else None
         self.held: list[bytes] = []
         self.held_bytes = 0
 
@@ -295,14 +297,15 @@ class _Stream:
             await self._emit(self.translator.finish() if self.translator is not None else [event.raw], content=False)
             return
         try:
-            payload = checked_event(json.loads(event.data), exchange.upstream_dialect)
+            payload = checked_event(json.loads(event.data), exchange.upstream_wire)
         except ValueError as exc:
             raise UpstreamProtocolError(f"a stream event is not JSON ({exc})") from None
-        if payload.get("type") == "error" or "error" in payload or payload.get("object") == "error":
-            detail = payload.get("error")
+        if (payload.get("type") in ("error", "response.failed") or payload.get("error")
+                or payload.get("object") == "error"):
+            detail = payload.get("error") or (payload.get("response") or {}).get("error")
             message = detail.get("message") if isinstance(detail, dict) else detail or payload.get("message")
             raise UpstreamProtocolError(f"the upstream reported: {message}")
-        out.usage(usage_of(payload, exchange.upstream_dialect))
+        out.usage(usage_of(payload, exchange.upstream_wire))
         content = False
         if self.accumulator is not None:
             before = self.accumulator.size

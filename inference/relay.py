@@ -39,9 +39,10 @@ class UpstreamTimedOut(UpstreamError):
 @dataclass(frozen=True)
 class UpstreamRequest:
     url: str
-    body: bytes
+    body: bytes | None
     headers: dict[str, str]
     stream: bool = False  # which first-byte clock applies
+    method: str = "POST"
 
     @property
     def first_byte_timeout(self) -> float:
@@ -119,7 +120,8 @@ async def open_upstream(request: UpstreamRequest) -> AsyncIterator[UpstreamRespo
     deadline = loop.time() + request.first_byte_timeout
     try:
         async with asyncio.timeout_at(deadline):
-            response = await _session().post(request.url, data=request.body, headers=request.headers)
+            response = await _session().request(request.method, request.url, data=request.body,
+                                                 headers=request.headers)
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise UpstreamTimedOut(f"no answer within the timeout ({exc or type(exc).__name__})") from None
     except aiohttp.ClientError as exc:

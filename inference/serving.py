@@ -91,6 +91,7 @@ class RelayRequest:
     request_id: str
     client_headers: dict[bytes, bytes]
     upstream_dialects: frozenset[str] = frozenset({"openai", "anthropic"})
+    started: float = field(default_factory=time.perf_counter)
 
 
 async def make_decision(body: dict[str, Any], dialects: frozenset[str]) -> Decision:
@@ -108,6 +109,12 @@ def refusal(decision: Decision, serves_known: str) -> FrontDoorError:
         return NotFound(f"The model {decision.requested_model!r} does not exist. Serves you can name: "
                         f"{serves_known}; or auto, or a preset (anvil/planning, anvil/chat, …).",
                         param="model", code="model_not_found")
+    if decision.modality_unsupported:
+        # The code goes in the message too: Anthropic's error shape has no field for it.
+        return InvalidRequest("This request carries images, and no serve that could answer it takes them "
+                              "(modality_unsupported; a serve takes images when its modalities include \"image\"): "
+                              + "; ".join(f"{name}: {why}" for name, why in decision.excluded),
+                              param="messages", code="modality_unsupported")
     if decision.too_large:
         return PayloadTooLarge("No serve's context window fits this request: "
                                + "; ".join(why for _, why in decision.excluded))
@@ -121,18 +128,25 @@ def commit_rule(candidate: Candidate, stream: bool) -> tuple[CommitRule, bool]:
     A whole answer is verified whenever the verdict asks: the client waits for all of it anyway.
     A stream is held whole (strict) only where a measurement or an operator said allow-with-verify;
     an unmeasured serve gets the short prefix check, so a fresh install streams token by token; an
-    allowed serve streams from its first byte.
+    allowed serve streams from its first byte. The serve's ``stream_verify`` overrides this for
+    its streams: ``strict``, ``prefix`` or ``off``.
     """
     verify_whole = candidate.verdict == VERIFY
-    if not stream or not verify_whole:
+    if not stream:
+        return CommitRule.OFF, verify_whole
+    chosen = candidate.serve.stream_verify
+    if chosen != "profile":
+        return CommitRule(chosen), verify_whole
+    if not verify_whole:
         return CommitRule.OFF, verify_whole
     return (CommitRule.STRICT if candidate.measured else CommitRule.PREFIX), verify_whole
 
 
 async def serve_request(sink: ResponseSink, request: RelayRequest) -> None:
     """Answer ``request`` through ``sink``; a FrontDoorError means nothing was sent yet."""
-    started = time.perf_counter()
+    started = request.started
     decision = await make_decision(request.body, request.upstream_dialects)
+    sink.timing["decide"] = (time.perf_counter() - started) * 1000
     principal = request.principal
     record = DecisionRecordDraft(str(uuid.uuid4()), request.request_id, request.endpoint,
                                  api_key=f"{principal.name} ({principal.prefix})" if principal else "")
@@ -144,7 +158,7 @@ async def serve_request(sink: ResponseSink, request: RelayRequest) -> None:
             serves = await SERVE_CATALOG.get()
             raise refusal(decision, ", ".join(s.name for s in serves) or "none")
         with ADMISSION.admit(principal.key_id if principal else None):
-            final = await _attempts(sink, request, decision, record.attempts)
+            final = await _attempts(sink, request, decision, record)
         record.answered(final, started)
     except FrontDoorError as error:
         record.outcome, record.status = "error", error.status_code
@@ -161,7 +175,8 @@ async def serve_request(sink: ResponseSink, request: RelayRequest) -> None:
 
 
 async def _attempts(sink: ResponseSink, request: RelayRequest, decision: Decision,
-                    attempts: list[dict[str, Any]]) -> AttemptOutcome:
+                    record: DecisionRecordDraft) -> AttemptOutcome:
+    attempts = record.attempts
     budget = settings.ANVIL_ATTEMPT_BUDGET
     last: AttemptOutcome | None = None
     failures: list[str] = []
@@ -176,12 +191,13 @@ async def _attempts(sink: ResponseSink, request: RelayRequest, decision: Decisio
             continue
         tried += 1
         exchange = Exchange(request.dialect, request.endpoint, request.body, serve, request.request_id,
-                            request.client_headers)
+                            request.client_headers, started=request.started)
         try:
             upstream = exchange.upstream_request()
         except DialectError as exc:
             raise InvalidRequest(f"{exc.message} (serve {serve.name} speaks {serve.dialect}).",
                                  param=exc.param) from None
+        record.notes += [note for note in exchange.notes if note not in record.notes]
         rule, verify_whole = commit_rule(candidate, exchange.stream)
         sink.tags[b"x-anvil-served-by"] = serve.name.encode()
         outcome = await run_attempt(sink, exchange, upstream, rule=rule, verify_whole=verify_whole)

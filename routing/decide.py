@@ -2,7 +2,7 @@
 
 ``decide`` is the one seam the front door calls. It never raises: what it cannot
 do it says in ``notes``, with flags the caller turns into a status (unknown model:
-404; nothing fits: 413; no candidate: 503).
+404; nothing fits: 413; images no serve takes: 400; no candidate: 503).
 
 ``model`` resolves as:
   ``auto`` / ``anvil/auto`` / empty  -> classify, route
@@ -14,11 +14,12 @@ do it says in ``notes``, with flags the caller turns into a status (unknown mode
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from routing.classifier import Classification, RequestSummary, Rule, classify
-from routing.policy import Candidate, PolicyConfig, PolicyInput, route
+from routing.policy import Candidate, PolicyConfig, PolicyInput, route, tier_rank
 from routing.profile import Profile
 from serves.catalog import ServeView
 
@@ -32,6 +33,11 @@ PRESETS = {
     "anvil/long-context": "long-context",
 }
 CHARS_PER_TOKEN = 4  # for the context-fit estimate only; usage is always the upstream's
+# Image content: OpenAI chat parts, Anthropic blocks (also inside a tool_result), Responses input items.
+IMAGE_PART_TYPES = frozenset({"image_url", "image", "input_image"})
+IMAGE_CHARS = 1000 * CHARS_PER_TOKEN  # what an image counts for in the context estimate, not its base64 length
+NESTED_CONTENT_KEYS = ("content", "output")  # where a part nests more parts (tool_result, function_call_output)
+MAX_CONTENT_DEPTH = 8  # messages > message > content > tool_result > content > block, with room to spare
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,7 @@ class Decision:
     notes: tuple[str, ...] = field(default_factory=tuple)
     unknown_model: bool = False
     too_large: bool = False
+    modality_unsupported: bool = False  # the request carries images and no serve that could answer takes them
 
     def explain(self) -> dict[str, Any]:
         return {
@@ -54,6 +61,7 @@ class Decision:
                            for c in self.candidates],
             "excluded": [{"serve": name, "why": why} for name, why in self.excluded],
             "notes": list(self.notes),
+            "modality_unsupported": self.modality_unsupported,
         }
 
 
@@ -65,33 +73,55 @@ def _text(content: Any) -> str:
     return ""
 
 
+def _image_parts(value: Any, depth: int = 0) -> list[dict[str, Any]]:
+    if depth > MAX_CONTENT_DEPTH:
+        return []
+    if isinstance(value, list):
+        return [part for item in value for part in _image_parts(item, depth + 1)]
+    if isinstance(value, dict):
+        if value.get("type") in IMAGE_PART_TYPES:
+            return [value]
+        return [part for key in NESTED_CONTENT_KEYS for part in _image_parts(value.get(key), depth + 1)]
+    return []
+
+
 def summarize(body: dict[str, Any]) -> RequestSummary:
-    """What routing may know of a request body (either dialect); the text stays in memory only.
+    """What routing may know of a request body (any dialect); the text stays in memory only.
 
     Any shape is read without raising: the front door validates what each endpoint defines, but a
     field another endpoint defines (``messages`` sent to /v1/completions) arrives unchecked.
+    Chat messages (OpenAI, Anthropic) and Responses ``input`` items are read alike.
     """
     raw_messages = body.get("messages")
-    messages = raw_messages if isinstance(raw_messages, list) else []
-    system = _text(body.get("system"))
+    messages = [m for m in raw_messages if isinstance(m, dict)] if isinstance(raw_messages, list) else []
+    raw_input = body.get("input")
+    if isinstance(raw_input, list):
+        messages += [item for item in raw_input if isinstance(item, dict)]
+    system = "\n".join(text for text in (_text(body.get("system")), _text(body.get("instructions"))) if text)
     last_user = ""
     for message in messages:
-        if not isinstance(message, dict):
-            continue
         if message.get("role") in ("system", "developer"):
             system = (system + "\n" + _text(message.get("content"))).strip()
         elif message.get("role") == "user":
             last_user = _text(message.get("content"))
+        elif message.get("type") == "input_text":  # a bare Responses input item is the user's
+            last_user = _text([message])
     prompt = body.get("prompt")
+    if isinstance(raw_input, str):
+        prompt = raw_input
     if isinstance(prompt, str):
         last_user = prompt
     total = len(json.dumps(messages, ensure_ascii=False)) if messages else len(str(prompt or ""))
+    images = _image_parts(messages)
+    if images:  # an image costs the model tokens of its own, not its base64 length
+        total += len(images) * IMAGE_CHARS - sum(len(json.dumps(part, ensure_ascii=False)) for part in images)
     reasoning = body.get("reasoning")
     thinking = body.get("thinking") or body.get("reasoning_effort") or (
         reasoning.get("effort") if isinstance(reasoning, dict) else None)
     if isinstance(body.get("thinking"), dict) and body["thinking"].get("type") == "disabled":
         thinking = None
-    return RequestSummary(last_user, system, total + len(system), bool(body.get("tools")), bool(thinking))
+    return RequestSummary(last_user, system, max(total, 0) + len(system), bool(body.get("tools")), bool(thinking),
+                          has_images=bool(images))
 
 
 def decide(body: dict[str, Any], serves: tuple[ServeView, ...], profile: Profile, rules: tuple[Rule, ...],
@@ -120,7 +150,34 @@ def decide(body: dict[str, Any], serves: tuple[ServeView, ...], profile: Profile
         classification = classify(summary, rules)
     request = PolicyInput(classification.work_class, classification.confident,
                           needed_tokens=summary.total_chars // CHARS_PER_TOKEN, needs_tools=summary.has_tools,
-                          pinned_serve=pinned_serve, pinned_tier=pinned_tier)
+                          needs_images=summary.has_images, pinned_serve=pinned_serve, pinned_tier=pinned_tier)
     result = route(able, profile, request, config)
     return Decision(model, classification.work_class, classification.confident, result.candidates, result.excluded,
-                    (*classification.notes, *notes, *result.notes), too_large=result.too_large)
+                    (*classification.notes, *notes, *result.notes), too_large=result.too_large,
+                    modality_unsupported=result.modality_unsupported)
+
+
+def decide_for_path(model: str | None, serves: tuple[ServeView, ...], why_not: Callable[[ServeView], str | None],
+                    work_class: str, config: PolicyConfig) -> Decision:
+    """The candidates for a path only some serves answer (the HRM worker's /generate, tokenizers, embeddings).
+
+    ``why_not(serve)`` says why a serve cannot answer, or None when it can. A named model is answered
+    by that model alone (its replicas, if several serves carry the name): a loglikelihood or an
+    embedding from another model is a different answer, not a fallback. No model: every serve
+    that can, cheapest tier first.
+    """
+    named = (model or "").strip()
+    pool = serves
+    if named and named not in AUTO_MODELS:
+        pool = tuple(s for s in serves if named in (s.name, s.served_model))
+        if not pool:
+            return Decision(named, work_class, True, (), notes=(f"no enabled serve is named {named!r}",),
+                            unknown_model=True)
+    candidates, excluded = [], []
+    for serve in sorted(pool, key=lambda s: (tier_rank(s.tier, config), s.name)):
+        reason = why_not(serve)
+        if reason is None:
+            candidates.append(Candidate(serve, "allow", ("answers this path",)))
+        else:
+            excluded.append((serve.name, reason))
+    return Decision(named, work_class, True, tuple(candidates), tuple(excluded))

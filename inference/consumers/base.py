@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 import uuid
 from typing import Any
 
@@ -72,6 +73,8 @@ class FrontDoorConsumer(AsyncHttpConsumer):
         self.response_started = False
         self.streaming = False
         self.tags: dict[bytes, bytes] = {}  # response headers the serving code adds (served by, decision)
+        self.started = time.perf_counter()
+        self.timing: dict[str, float] = {}  # Server-Timing phases the serving code measured (ms)
         try:
             async with asyncio.timeout(settings.ANVIL_BODY_TIMEOUT):
                 body = await self._read_body(receive)
@@ -160,7 +163,13 @@ class FrontDoorConsumer(AsyncHttpConsumer):
     def base_headers(self, content_type: bytes = JSON) -> list[tuple[bytes, bytes]]:
         headers = [(b"content-type", content_type), (b"x-request-id", self.request_id.encode())]
         headers.extend(self.tags.items())
+        headers.append((b"server-timing", self._server_timing()))
         return headers
+
+    def _server_timing(self) -> bytes:
+        """The phases measured so far and the total up to these headers (a stream's own end comes later)."""
+        phases = {**self.timing, "total": (time.perf_counter() - self.started) * 1000}
+        return ", ".join(f"{name};dur={ms:.2f}" for name, ms in phases.items()).encode()
 
     async def send_complete(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         """One whole response, with Content-Length (no chunked framing for a known size)."""

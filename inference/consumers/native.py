@@ -1,60 +1,53 @@
-"""POST /generate and /loglikelihood: the in-worker engine's own contract, relayed to an ``hrm`` serve.
+"""Paths relayed as they are (``inference/passthrough.py``): the HRM worker's /generate and /loglikelihood,
+the tokenizer routes, /v1/embeddings, and Anthropic's /v1/messages/count_tokens.
 
-The body passes through unchanged except ``model``, which picks the serve (its name or its served
-model) and defaults to the first enabled one. The worker's own answers, errors included
-(``{"detail", "field"}`` with 400/422), reach the client as the worker wrote them; Anvil's errors
-(no such serve, the worker unreachable) take the same shape.
+/generate and /loglikelihood keep the worker's own contract: the body passes through unchanged
+except ``model``, which picks the serve (its name or its served model; none: any hrm serve), and
+Anvil's own errors take the worker's shape (``{"detail", "field"}``).
 """
 
 from __future__ import annotations
 
-import json
+from urllib.parse import parse_qs
 
-from inference.admission import ADMISSION
 from inference.auth import Principal
 from inference.consumers.base import FrontDoorConsumer
-from inference.errors import Dialect, InvalidRequest, NotFound, Unavailable, UpstreamFailed, UpstreamTimeout
-from inference.relay import UpstreamRequest, UpstreamTimedOut, UpstreamUnreachable, open_upstream
-from inference.wire.requests import parse_json_object
-from serves.catalog import SERVE_CATALOG, ServeView
-from serves.models import Engine
+from inference.errors import InvalidRequest
+from inference.passthrough import count_tokens, serve_path
+from inference.wire import Dialect
+from inference.wire.requests import parse_json_object, validate_count_tokens
 
-MAX_ANSWER_BYTES = 64 * 1024 * 1024
+HRM_PATHS = frozenset({"/generate", "/loglikelihood"})
 
 
-class NativeRelayConsumer(FrontDoorConsumer):
-    dialect = Dialect.NATIVE
+class PassThroughConsumer(FrontDoorConsumer):
+    methods = frozenset({"GET", "POST"})
+
+    async def __call__(self, scope: dict, receive: object, send: object) -> None:
+        self.dialect = Dialect.NATIVE if scope["path"] in HRM_PATHS else Dialect.OPENAI
+        await super().__call__(scope, receive, send)
+
+    async def respond(self, body: bytes, principal: Principal | None) -> None:
+        path, method = self.scope["path"], self.scope["method"]
+        if path == "/tokenizer_info":
+            if method != "GET":
+                raise InvalidRequest("GET /tokenizer_info takes no body; name the model as ?model=NAME.")
+            query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+            await serve_path(self, path, "GET", None, (query.get("model") or [None])[0], principal, self.request_id)
+            return
+        if method != "POST":
+            raise InvalidRequest(f"Use POST for {path}.")
+        request = parse_json_object(body)
+        model = request.pop("model", None) if path in HRM_PATHS else request.get("model")
+        if model is not None and not isinstance(model, str):
+            raise InvalidRequest("'model' must be a string.", param="model")
+        await serve_path(self, path, "POST", request, model, principal, self.request_id)
+
+
+class CountTokensConsumer(FrontDoorConsumer):
+    dialect = Dialect.ANTHROPIC
 
     async def respond(self, body: bytes, principal: Principal | None) -> None:
         request = parse_json_object(body)
-        model = request.pop("model", None)
-        if model is not None and not isinstance(model, str):
-            raise InvalidRequest("model must be a string.", param="model")
-        serve = await self._serve(model)
-        upstream = UpstreamRequest(serve.base_url.removesuffix("/v1") + self.scope["path"],
-                                   json.dumps(request).encode(), {"content-type": "application/json"})
-        with ADMISSION.admit(principal.key_id if principal else None):
-            try:
-                async with open_upstream(upstream) as response:
-                    answer = await response.read_capped(MAX_ANSWER_BYTES)
-                    status = response.status
-            except UpstreamTimedOut as exc:
-                raise UpstreamTimeout(f"{serve.name} did not answer in time: {exc}") from None
-            except UpstreamUnreachable as exc:
-                raise UpstreamFailed(f"{serve.name} is unreachable: {exc}") from None
-        headers = self.base_headers() + [(b"x-anvil-served-by", serve.name.encode())]
-        await self.send_complete(status, answer, headers)
-
-    @staticmethod
-    async def _serve(model: str | None) -> ServeView:
-        workers = [s for s in await SERVE_CATALOG.get() if s.engine == Engine.HRM and s.base_url]
-        if not workers:
-            raise Unavailable("No enabled hrm serve answers /generate or /loglikelihood.")
-        if model is None:
-            return workers[0]
-        for serve in workers:
-            if model in (serve.name, serve.served_model):
-                return serve
-        names = ", ".join(s.name for s in workers)
-        raise NotFound(f"No enabled hrm serve is named {model!r} (enabled: {names}).", param="model")
-
+        validate_count_tokens(request)
+        await count_tokens(self, request, principal, self.request_id, dict(self.scope["headers"]))

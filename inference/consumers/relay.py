@@ -18,6 +18,7 @@ from inference.wire.requests import (
     validate_chat,
     validate_completion,
     validate_messages,
+    validate_responses,
     validate_route,
 )
 
@@ -49,6 +50,13 @@ class MessagesConsumer(RelayConsumer):
     endpoint = "messages"
     dialect = Dialect.ANTHROPIC
     validate = staticmethod(validate_messages)
+
+
+class ResponsesConsumer(RelayConsumer):
+    """POST /v1/responses: OpenAI's Responses API (and llm-pool's shape of it), stateless."""
+
+    endpoint = "responses"
+    validate = staticmethod(validate_responses)
 
 
 class RouteConsumer(FrontDoorConsumer):

@@ -1,4 +1,9 @@
-"""An upstream's answer, whole or streamed, reduced to a verify.Answer (text, tool calls, finish)."""
+"""An upstream's answer, whole or streamed, reduced to a verify.Answer (text, tool calls, finish).
+
+Three wires: ``openai`` (chat and completions), ``anthropic`` (messages) and ``responses`` (a serve
+that speaks the Responses API natively). Payloads reach these functions only after
+``inference.wire.upstream`` has checked their shape.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +34,28 @@ def from_anthropic(answer: dict[str, Any]) -> Answer:
     return Answer("".join(text), calls, ANTHROPIC_FINISH.get(answer.get("stop_reason") or "", "other"))
 
 
+RESPONSES_FINISH = {"max_output_tokens": "length", "content_filter": "content_filter"}
+
+
+def from_responses(answer: dict[str, Any]) -> Answer:
+    text, calls = [], []
+    for item in answer.get("output") or []:
+        if item.get("type") == "message":
+            text += [part.get("text", "") for part in item.get("content") or [] if part.get("type") == "output_text"]
+        elif item.get("type") == "function_call":
+            calls.append((item.get("name", ""), item.get("arguments", "")))
+    return Answer("".join(text), calls, _responses_finish(answer, bool(calls)))
+
+
+def _responses_finish(response: dict[str, Any], calls: bool) -> str:
+    if response.get("status") == "incomplete":
+        return RESPONSES_FINISH.get((response.get("incomplete_details") or {}).get("reason", ""), "length")
+    return "tool_calls" if calls else "stop"
+
+
+REDUCERS = {"openai": from_openai, "anthropic": from_anthropic, "responses": from_responses}
+
+
 class StreamAccumulator:
     """Feed upstream event payloads (either dialect); ``answer`` is what they added up to."""
 
@@ -44,6 +71,8 @@ class StreamAccumulator:
             return
         if self.dialect == "anthropic":
             self._anthropic(payload)
+        elif self.dialect == "responses":
+            self._responses(payload)
         else:
             self._openai(payload)
 
@@ -89,6 +118,23 @@ class StreamAccumulator:
             if reason:
                 self.finish = ANTHROPIC_FINISH.get(reason, "other")
 
+    def _responses(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "response.output_text.delta":
+            self.text.append(event.get("delta", ""))
+            self.size += len(event.get("delta", ""))
+        elif kind in ("response.reasoning_text.delta", "response.reasoning_summary_text.delta"):
+            self.size += len(event.get("delta", ""))
+        elif kind == "response.output_item.added" and (event.get("item") or {}).get("type") == "function_call":
+            name = event["item"].get("name", "")
+            self.calls[int(event.get("output_index", 0))] = [name, ""]
+            self.size += len(name)
+        elif kind == "response.function_call_arguments.delta" and int(event.get("output_index", 0)) in self.calls:
+            self.calls[int(event.get("output_index", 0))][1] += event.get("delta", "")
+            self.size += len(event.get("delta", ""))
+        elif kind in ("response.completed", "response.incomplete"):
+            self.finish = _responses_finish(event.get("response") or {}, bool(self.calls))
+
     def answer(self) -> Answer:
         calls = [(name, arguments or "{}") for _, (name, arguments) in sorted(self.calls.items())]
         return Answer("".join(self.text), calls, self.finish)
@@ -110,6 +156,13 @@ def usage_of(payload: Any, dialect: str) -> tuple[int | None, int | None] | None
                                                           "cache_creation_input_tokens"))
         completion = usage.get("output_tokens")
         return prompt, int(completion) if completion is not None else None
+    if dialect == "responses":
+        whole = payload.get("response") if str(payload.get("type", "")).startswith("response.") else payload
+        usage = (whole or {}).get("usage") if isinstance(whole, dict) else None
+        if not isinstance(usage, dict):
+            return None
+        prompt, completion = usage.get("input_tokens"), usage.get("output_tokens")
+        return (int(prompt) if prompt is not None else None, int(completion) if completion is not None else None)
     usage = payload.get("usage")
     if not isinstance(usage, dict):
         return None

@@ -5,6 +5,9 @@
 answer back; ``StreamToAnthropic`` turns the upstream's chunks into the
 Anthropic event sequence as they arrive.
 
+An upstream's reasoning (``reasoning_content`` or ``reasoning``, as vLLM and SGLang write it) becomes
+``thinking`` blocks, streamed as ``thinking_delta``.
+
 Mistakes other gateways make, and this module does not: streamed tool input
 arriving as ``{}`` (the argument fragments become ``input_json_delta`` events);
 ``end_turn`` where a tool was called (any tool call means ``tool_use``); an
@@ -212,6 +215,9 @@ def response_to_anthropic(answer: dict[str, Any], client_model: str) -> dict[str
         raise UpstreamProtocolError("the upstream answered with no choices")
     message = choices[0].get("message") or {}
     content: list[dict[str, Any]] = []
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if isinstance(reasoning, str) and reasoning:
+        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
     text = message.get("content")
     if isinstance(text, str) and text:
         content.append({"type": "text", "text": text})
@@ -247,7 +253,7 @@ class StreamToAnthropic:
         self.started = False
         self.finished = False
         self.block_index = -1
-        self.open_block: str | None = None  # "text" | "tool"
+        self.open_block: str | None = None  # "thinking" | "text" | "tool"
         self.tool_blocks: dict[int, int] = {}  # upstream tool_calls index -> our block index
         self.current_tool: int | None = None
         self.saw_tool = False
@@ -285,6 +291,12 @@ class StreamToAnthropic:
             if choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(reasoning, str) and reasoning:
+                if self.open_block != "thinking":
+                    out += self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+                out.append(encode({"type": "content_block_delta", "index": self.block_index,
+                                   "delta": {"type": "thinking_delta", "thinking": reasoning}}, "content_block_delta"))
             text = delta.get("content")
             if isinstance(text, str) and text:
                 if self.open_block != "text":

@@ -17,6 +17,8 @@ from typing import Any
 from inference.wire import DialectError, UpstreamProtocolError
 from inference.wire.sse import encode
 
+Chunk = dict[str, Any] | str  # a chat.completion.chunk payload, or "[DONE]"
+
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
                   "pause_turn": "stop", "refusal": "content_filter", "model_context_window_exceeded": "length"}
 
@@ -227,7 +229,11 @@ def response_to_openai(answer: dict[str, Any], client_model: str) -> dict[str, A
 
 
 class StreamToOpenAI:
-    """Anthropic event payloads in, OpenAI SSE chunks (bytes) out."""
+    """Anthropic event payloads in, OpenAI SSE chunks (bytes) out.
+
+    ``chunks`` gives the chunk payloads themselves (``"[DONE]"`` last), for a translator that goes
+    on to another dialect (an Anthropic upstream answering a Responses client).
+    """
 
     def __init__(self, client_model: str, include_usage: bool) -> None:
         self.client_model = client_model
@@ -240,18 +246,24 @@ class StreamToOpenAI:
         self.stop_reason: str | None = None
         self.finished = False
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return encode({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                       "model": self.client_model,
-                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]})
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.client_model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
 
-    def _role(self) -> list[bytes]:
+    def feed(self, event: dict[str, Any]) -> list[bytes]:
+        return [encode(chunk) for chunk in self.chunks(event)]
+
+    def finish(self) -> list[bytes]:
+        return [encode(chunk) for chunk in self.finish_chunks()]
+
+    def _role(self) -> list[Chunk]:
         if self.sent_role:
             return []
         self.sent_role = True
         return [self._chunk({"role": "assistant", "content": ""})]
 
-    def feed(self, event: dict[str, Any]) -> list[bytes]:
+    def chunks(self, event: dict[str, Any]) -> list[Chunk]:
         kind = event.get("type")
         if kind == "message_start":
             self.usage.update((event.get("message") or {}).get("usage") or {})
@@ -289,19 +301,19 @@ class StreamToOpenAI:
             self.usage.update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
             return []
         if kind == "message_stop":
-            return self.finish()
+            return self.finish_chunks()
         return []  # ping, content_block_stop
 
-    def finish(self) -> list[bytes]:
+    def finish_chunks(self) -> list[Chunk]:
         if self.finished:
             return []
         self.finished = True
         finish = "tool_calls" if self.tool_index else FINISH_REASONS.get(self.stop_reason or "end_turn", "stop")
         out = self._role() + [self._chunk({}, finish)]
         if self.include_usage:
-            out.append(encode({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                               "model": self.client_model, "choices": [], "usage": _usage(self.usage)}))
-        out.append(encode("[DONE]"))
+            out.append({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                        "model": self.client_model, "choices": [], "usage": _usage(self.usage)})
+        out.append("[DONE]")
         return out
 
     def error(self, error_type: str, message: str) -> list[bytes]:

@@ -188,11 +188,12 @@ THINKING = tagged({
     "adaptive": anything,
 }, others=False)
 
+MESSAGES_SYSTEM = by_kind({str: string, list: list_of(tagged({"text": TEXT_BLOCK}, others=False))},
+                          "a string or a list of text blocks")
 MESSAGES = fields({
     "model": string, "max_tokens": MAX_TOKENS,
     "messages": list_of(ANTHROPIC_MESSAGE, min_items=1),
-    "system": by_kind({str: string, list: list_of(tagged({"text": TEXT_BLOCK}, others=False))},
-                      "a string or a list of text blocks"),
+    "system": MESSAGES_SYSTEM,
     "stream": boolean, "tools": list_of(ANTHROPIC_TOOL), "tool_choice": ANTHROPIC_TOOL_CHOICE,
     "stop_sequences": list_of(string), "temperature": number(0, 1), "top_p": number(0, 1),
     "top_k": integer(0, INT32_MAX), "metadata": fields({"user_id": string}), "thinking": THINKING,
@@ -210,6 +211,84 @@ def validate_completion(body: dict[str, Any]) -> None:
 
 def validate_messages(body: dict[str, Any]) -> None:
     _checked(MESSAGES, body)
+
+
+COUNT_TOKENS = fields({"model": string, "messages": list_of(ANTHROPIC_MESSAGE, min_items=1),
+                       "system": MESSAGES_SYSTEM, "tools": list_of(ANTHROPIC_TOOL),
+                       "tool_choice": ANTHROPIC_TOOL_CHOICE, "thinking": THINKING}, required=["messages"])
+
+
+def validate_count_tokens(body: dict[str, Any]) -> None:
+    _checked(COUNT_TOKENS, body)
+
+
+# --- OpenAI Responses (and llm-pool's shape of it) -----------------------------------------------
+
+RESPONSE_PART = tagged({
+    "input_text": TEXT_BLOCK, "output_text": TEXT_BLOCK, "text": TEXT_BLOCK,
+    "input_image": fields({"image_url": string, "detail": string, "file_id": string}),
+    "image_url": fields({"image_url": _IMAGE_URL}, required=["image_url"]),
+    "refusal": fields({"refusal": string}),
+})
+RESPONSE_CONTENT = by_kind({str: string, list: list_of(RESPONSE_PART)}, "a string or a list of content parts")
+_RESPONSE_MESSAGE = fields({"role": one_of("user", "assistant", "system", "developer"), "content": RESPONSE_CONTENT},
+                           required=["role", "content"])
+_RESPONSE_ITEM = tagged({
+    "message": _RESPONSE_MESSAGE,
+    "function_call": fields({"call_id": string, "name": string, "arguments": string},
+                            required=["call_id", "name", "arguments"]),
+    "function_call_output": fields({"call_id": string, "output": RESPONSE_CONTENT}, required=["call_id", "output"]),
+    "input_text": TEXT_BLOCK, "text": TEXT_BLOCK,
+    "input_image": fields({"image_url": string, "detail": string, "file_id": string}),
+    "image_url": fields({"image_url": _IMAGE_URL}, required=["image_url"]),
+})
+
+
+def _response_item(value: Any, where: str) -> None:
+    if isinstance(value, dict) and "type" not in value:
+        _RESPONSE_MESSAGE(value, where)  # an "easy" input message: role and content, no type
+    else:
+        _RESPONSE_ITEM(value, where)
+
+
+RESPONSE_TOOL = tagged({"function": fields({"name": string, "description": string, "parameters": mapping,
+                                            "strict": boolean}, required=["name"])})
+RESPONSES = fields({
+    "model": string, "stream": boolean, "instructions": string,
+    "input": by_kind({str: string, list: list_of(_response_item, min_items=1)}, "a string or a list of input items"),
+    "messages": list_of(fields({"role": one_of("user", "assistant"), "content": RESPONSE_CONTENT},
+                               required=["role", "content"]), min_items=1),
+    "tools": list_of(RESPONSE_TOOL),
+    "tool_choice": by_kind({str: one_of("none", "auto", "required"),
+                            dict: tagged({"function": fields({"name": string}, required=["name"])})},
+                           "none, auto, required or an object naming a function"),
+    "parallel_tool_calls": boolean, "max_output_tokens": MAX_TOKENS, "temperature": number(0, 2),
+    "top_p": number(0, 1), "user": string, "metadata": mapping,
+    "text": fields({"format": tagged({"json_schema": fields({"name": string, "schema": mapping, "strict": boolean}),
+                                      "json_object": anything, "text": anything})}),
+    "reasoning": fields({"effort": string, "summary": string}),
+    "decoding": fields({"temperature": number(0, 2), "top_p": number(0, 1), "top_k": integer(-1, INT32_MAX),
+                        "max_tokens": MAX_TOKENS, "stop": list_of(string),
+                        "repetition_penalty": number(0, 100, low_open=True), "beam_size": integer(1, 64)}),
+    "allow_remote": boolean, "thinking": one_of("default", "enabled", "disabled"),
+    "store": boolean, "background": boolean, "previous_response_id": string,
+})
+_STATELESS = ("Anvil keeps no prompt text at rest, so it cannot store or chain responses; send the whole "
+              "conversation in 'input' instead.")
+
+
+def validate_responses(body: dict[str, Any]) -> None:
+    _checked(RESPONSES, body)
+    if body.get("input") is None and body.get("messages") is None:
+        raise InvalidRequest("Send 'input' (a string or a list of items), or llm-pool's 'messages'.", param="input")
+    if body.get("store") is True:
+        raise InvalidRequest("'store': true is not supported. " + _STATELESS, param="store", code="unsupported_value")
+    if body.get("previous_response_id") is not None or body.get("conversation") is not None:
+        param = "previous_response_id" if body.get("previous_response_id") is not None else "conversation"
+        raise InvalidRequest(f"'{param}' is not supported. " + _STATELESS, param=param, code="unsupported_value")
+    if body.get("background") is True:
+        raise InvalidRequest("'background': true is not supported: Anvil answers while the client waits.",
+                             param="background", code="unsupported_value")
 
 
 # What routing reads of a body of either dialect: /v1/route takes both.

@@ -70,8 +70,25 @@ ANTHROPIC_ANSWER = fields({
     "content": list_of(ANTHROPIC_BLOCK), "stop_reason": string, "usage": ANTHROPIC_USAGE,
 }, required=["content"])
 
-_EVENT_SHAPES = {"openai": OPENAI_CHUNK, "anthropic": ANTHROPIC_EVENT}
-_ANSWER_SHAPES = {"openai": OPENAI_ANSWER, "anthropic": ANTHROPIC_ANSWER}
+RESPONSES_USAGE = fields({"input_tokens": COUNT, "output_tokens": COUNT, "total_tokens": integer(0)})
+RESPONSES_ITEM = tagged({
+    "message": fields({"content": list_of(tagged({"output_text": fields({"text": string})}))}),
+    "function_call": fields({"name": string, "arguments": string, "call_id": string}),
+})
+RESPONSES_ANSWER = fields({"output": list_of(RESPONSES_ITEM), "usage": RESPONSES_USAGE, "status": string,
+                           "incomplete_details": fields({"reason": string})}, required=["output"])
+_DELTA = fields({"delta": string, "output_index": integer(0, 1024)}, required=["delta"])
+RESPONSES_EVENT = tagged({
+    "response.output_text.delta": _DELTA, "response.function_call_arguments.delta": _DELTA,
+    "response.reasoning_text.delta": _DELTA,
+    "response.output_item.added": fields({"output_index": integer(0, 1024), "item": RESPONSES_ITEM},
+                                         required=["item"]),
+    "response.completed": fields({"response": RESPONSES_ANSWER}, required=["response"]),
+    "response.incomplete": fields({"response": RESPONSES_ANSWER}, required=["response"]),
+})
+
+_EVENT_SHAPES = {"openai": OPENAI_CHUNK, "anthropic": ANTHROPIC_EVENT, "responses": RESPONSES_EVENT}
+_ANSWER_SHAPES = {"openai": OPENAI_ANSWER, "anthropic": ANTHROPIC_ANSWER, "responses": RESPONSES_ANSWER}
 
 
 def _check(shape: Check, payload: Any, what: str) -> dict[str, Any]:

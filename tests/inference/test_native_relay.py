@@ -34,7 +34,7 @@ def _post(anvil: str, key: str, path: str, body: dict) -> httpx.Response:
 
 def test_no_hrm_serve_is_a_503_in_the_native_shape(anvil: str, key: str) -> None:
     answer = _post(anvil, key, "/generate", {"prompts": ["x"]})
-    assert answer.status_code == 503 and "no enabled hrm serve" in answer.json()["detail"].lower()
+    assert answer.status_code == 503 and "no enabled serve answers /generate" in answer.json()["detail"].lower()
 
 
 def test_generate_and_loglikelihood_reach_the_worker(anvil: str, key: str, worker_port: int) -> None:

@@ -132,8 +132,16 @@ def test_route_explains_without_calling_any_serve(anvil: str, bad_upstreams: dic
     first, second = two_serves(anvil, bad_upstreams["error500"], good_upstream)
     httpx.delete(f"{good_upstream}/_requests")
     key = create_key(f"r{uuid.uuid4().hex[:6]}").secret
-    explained = httpx.post(f"{anvil}/v1/route", headers={"x-api-key": key}, timeout=10, json={
-        "model": "anvil/planning", "messages": [{"role": "user", "content": "plan it"}]}).json()
+
+    def explain() -> dict:
+        return httpx.post(f"{anvil}/v1/route", headers={"x-api-key": key}, timeout=10, json={
+            "model": "anvil/planning", "messages": [{"role": "user", "content": "plan it"}]}).json()
+
+    # An earlier test's profile rows are gone from the database; the web process sees that within
+    # ANVIL_PROFILE_SYNC_INTERVAL (wait for it rather than race it).
+    explained = wait_for(lambda: (found := explain())["candidates"] and
+                         [c["serve"] for c in found["candidates"]] == ["cloud-x"] and found, 10,
+                         "the default profile to be back")
     assert explained["work_class"] == "planning"
     assert [c["serve"] for c in explained["candidates"]] == ["cloud-x"]  # locals are denied planning
     assert {e["serve"] for e in explained["excluded"]} >= {first, second}

@@ -4,7 +4,8 @@
 
 The scenario is picked by a marker in the last user message, ``[[NAME]]``:
 text (default), tool, text+tool, error500, error400 (a context-length refusal), invalid400, midstream, slow, badjson,
-truncated, the faults of a broken engine (shortbody, badchoices, baddelta, arraydata, badusage, hang, empty400), and
+truncated, reasoning (reasoning_content before the answer), the faults of a broken engine (shortbody,
+badchoices, baddelta, arraydata, badusage, hang, empty400), and
 diligent (a non-streamed answer that does what the request asks: calls the offered tool with the
 city the question names, fills a JSON schema, finds a passphrase, writes the asked-for function,
 answers the benchmark's questions; streamed, it is ``text``), exhausted (a blank answer cut off by
@@ -31,6 +32,7 @@ PROMPT_TOKENS = 11
 INPUT_TOKENS = 13
 MARKER = re.compile(r"\[\[([a-z0-9+]+)\]\]")
 TOOL_ARGS = ['{"ci', 'ty": "Pa', 'ris", "unit', 's": "c"}']
+REASONING = "The user greets me. I should greet back."
 
 requests_seen: list[dict[str, Any]] = []
 disconnects: list[dict[str, Any]] = []
@@ -131,6 +133,8 @@ class Script:
             message, finish = diligent_answer(body)
         elif scenario == "exhausted":
             message, finish = {"role": "assistant", "content": ""}, "length"
+        elif scenario == "reasoning":
+            message["reasoning_content"] = REASONING
         if scenario in ("tool", "text+tool", "badjson"):
             arguments = "".join(TOOL_ARGS) if scenario != "badjson" else '{"city": Paris'
             message = {"role": "assistant", "content": "Let me check." if scenario == "text+tool" else None,
@@ -150,6 +154,9 @@ class Script:
 
         await self._send(response, chunk({"role": "assistant", "content": ""}))
         finish = "length" if scenario == "truncated" else "stop"
+        if scenario == "reasoning":  # a reasoning model thinks first (vLLM's reasoning_content deltas)
+            for piece in REASONING.split(" "):
+                await self._send(response, chunk({"reasoning_content": piece + " "}))
         if scenario == "badjson":
             await self._send(response, chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
                                                                "function": {"name": tool_name(body),
@@ -306,6 +313,61 @@ def request_transport(response: web.StreamResponse) -> Any:
     return response._req.transport  # type: ignore[union-attr]
 
 
+# --- a native Responses endpoint (vLLM has one): text only, streamed or whole ------------------------
+
+
+async def responses_native(request: web.Request) -> web.StreamResponse:
+    body = await request.json()
+    requests_seen.append({"path": request.path, "headers": dict(request.headers), "body": body})
+    text = "native tok0 native tok1"
+    item = {"type": "message", "id": "msg_up", "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}]}
+    whole = {"id": "resp_up", "object": "response", "created_at": 1, "status": "completed",
+             "model": body.get("model"), "output": [item], "parallel_tool_calls": True, "tool_choice": "auto",
+             "tools": [], "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": 2,
+                                    "total_tokens": PROMPT_TOKENS + 2}}
+    if not body.get("stream"):
+        return web.json_response(whole)
+    response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await response.prepare(request)
+    started = {**whole, "status": "in_progress", "output": [], "usage": None}
+    events = [("response.created", {"response": started}),
+              ("response.output_item.added", {"output_index": 0, "item": {**item, "status": "in_progress",
+                                                                           "content": []}}),
+              ("response.content_part.added", {"item_id": "msg_up", "output_index": 0, "content_index": 0,
+                                               "part": {"type": "output_text", "text": "", "annotations": []}}),
+              *[("response.output_text.delta", {"item_id": "msg_up", "output_index": 0, "content_index": 0,
+                                                "delta": piece}) for piece in ("native tok0", " native tok1")],
+              ("response.output_text.done", {"item_id": "msg_up", "output_index": 0, "content_index": 0,
+                                             "text": text}),
+              ("response.content_part.done", {"item_id": "msg_up", "output_index": 0, "content_index": 0,
+                                              "part": item["content"][0]}),
+              ("response.output_item.done", {"output_index": 0, "item": item}),
+              ("response.completed", {"response": whole})]
+    for number, (kind, fields) in enumerate(events):
+        payload = {"type": kind, "sequence_number": number, **fields}
+        await response.write(f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode())
+    return response
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    """One vector per input, its values made from the text (so a test can tell inputs apart)."""
+    body = await request.json()
+    requests_seen.append({"path": request.path, "headers": dict(request.headers), "body": body})
+    given = body.get("input")
+    texts = [given] if isinstance(given, str) else list(given or [])
+    data = [{"object": "embedding", "index": index, "embedding": [len(text) / 10, 0.5, -0.25]}
+            for index, text in enumerate(texts)]
+    return web.json_response({"object": "list", "data": data, "model": body.get("model"),
+                              "usage": {"prompt_tokens": PROMPT_TOKENS, "total_tokens": PROMPT_TOKENS}})
+
+
+async def count_tokens(request: web.Request) -> web.Response:
+    body = await request.json()
+    requests_seen.append({"path": request.path, "headers": dict(request.headers), "body": body})
+    return web.json_response({"input_tokens": INPUT_TOKENS})
+
+
 # --- faults: answers a broken engine gives (OpenAI chat only) -----------------------------------
 
 
@@ -387,6 +449,9 @@ def build_app(deltas: int, delay: float) -> web.Application:
         web.post("/v1/chat/completions", script.chat),
         web.post("/v1/completions", script.completions),
         web.post("/v1/messages", script.messages),
+        web.post("/v1/responses", responses_native),
+        web.post("/v1/embeddings", embeddings),
+        web.post("/v1/messages/count_tokens", count_tokens),
         web.get("/v1/models", models),
         web.get("/health", health),
         web.get("/_requests", list_requests),
