@@ -157,6 +157,10 @@ class Script:
         if scenario == "reasoning":  # a reasoning model thinks first (vLLM's reasoning_content deltas)
             for piece in REASONING.split(" "):
                 await self._send(response, chunk({"reasoning_content": piece + " "}))
+        if scenario == "exhausted":  # a reasoning model that spent its budget: no content at all
+            await self._send(response, chunk({}, "length"))
+            await response.write(b"data: [DONE]\n\n")
+            return
         if scenario == "badjson":
             await self._send(response, chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
                                                                "function": {"name": tool_name(body),
