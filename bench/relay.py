@@ -58,6 +58,9 @@ class Results:
     rps: float = 0.0
     rss_growth_mib: float | None = None
     rss_after_mib: float | None = None
+    ttft_fresh: list[float] = field(default_factory=list)  # Anvil: an unmeasured serve (default prefix rule)
+    ttft_prefix: list[float] = field(default_factory=list)  # Anvil: a serve set to stream_verify = "prefix"
+    responses: list[float] = field(default_factory=list)  # POST /v1/responses, c=1 (DIRECT: chat, the same work)
 
 
 # --- processes ----------------------------------------------------------------------------
@@ -117,7 +120,14 @@ def stack(work: Path, with_litellm: bool):
         key = subprocess.run([*manage, "apikey", "create", "bench"], env=env, check=True, timeout=60,
                              capture_output=True, text=True).stdout.strip().splitlines()[-1]
         manifest = work / "serves.toml"
-        manifest.write_text(f'[[serve]]\nname = "fast"\nengine = "vllm"\nbase_url = "{up}/v1"\nmodel = "up-model"\n')
+        # "fast" is measured (allow, below); "fresh" is what a new install has (no profile row: the
+        # default allow-with-verify, streamed under the prefix rule); "prefixed" is allowed but set to
+        # stream_verify = "prefix".
+        manifest.write_text("".join(
+            f'[[serve]]\nname = "{name}"\ntier = "{tier}"\nengine = "vllm"\nbase_url = "{up}/v1"\n'
+            f'model = "up-model"\nstream_verify = "{verify}"\n\n'
+            for name, tier, verify in (("fast", "fast", "profile"), ("fresh", "fresh", "profile"),
+                                       ("prefixed", "fast", "prefix"))))
         subprocess.run([*manage, "serves", "import", str(manifest)], env=env, check=True, timeout=60,
                        capture_output=True)
         # The serve is measured and trusted (allow): relayed as it streams, no commit window.
@@ -177,13 +187,27 @@ async def latencies(session: aiohttp.ClientSession, target: Target, count: int, 
     return out
 
 
-async def one_stream(session: aiohttp.ClientSession, target: Target) -> tuple[float, list[float], int]:
+async def one_response(session: aiohttp.ClientSession, target: Target) -> float:
+    """POST /v1/responses (DIRECT: the upstream's chat completions, the work every proxy ends in)."""
+    started = time.perf_counter()
+    if target.name == "DIRECT":
+        return await one_whole(session, target)
+    async with session.post(f"{target.url}/responses", headers=target.headers,
+                            json={"model": target.model, "input": "Say something."}) as response:
+        await response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{target.name} answered /v1/responses with {response.status}")
+    return time.perf_counter() - started
+
+
+async def one_stream(session: aiohttp.ClientSession, target: Target,
+                     model: str | None = None) -> tuple[float, list[float], int]:
     """TTFT, inter-token gaps, and how many HTTP chunks carried more than one SSE event."""
     started = time.perf_counter()
     arrivals: list[float] = []
     merged, buffer = 0, b""
     async with session.post(f"{target.url}/chat/completions", headers=target.headers,
-                            json={"model": target.model, "messages": MESSAGES, "stream": True}) as response:
+                            json={"model": model or target.model, "messages": MESSAGES, "stream": True}) as response:
         async for data, end_of_chunk in response.content.iter_chunks():
             buffer += data
             if not end_of_chunk:
@@ -229,6 +253,11 @@ async def measure(target: Target, args: argparse.Namespace) -> Results:
             results.ttft.append(ttft)
             results.itl += gaps
             results.merged_chunks += merged
+            if target.name == "ANVIL":
+                results.ttft_fresh.append((await one_stream(session, target, "fresh"))[0])
+                results.ttft_prefix.append((await one_stream(session, target, "prefixed"))[0])
+        for _ in range(min(args.requests, 300)):
+            results.responses.append(await one_response(session, target))
         results.rps = await sustained_rps(session, target, args.rps_seconds, 32)
         if target.pid and args.rss_requests:
             process = psutil.Process(target.pid)
@@ -264,6 +293,15 @@ def report(results: dict[str, Results], args: argparse.Namespace) -> str:
     ttft = {name: r.ttft for name, r in results.items()}
     rows.append(("added TTFT p50 (streaming)", added("ttft", ttft, 50), "ms", True))
     rows.append(("added TTFT p99 (streaming)", added("ttft", ttft, 99), "ms", True))
+    if results.get("ANVIL") and results["ANVIL"].ttft_fresh:
+        base = pct(direct.ttft, 50)
+        fresh = {"ANVIL": (pct(results["ANVIL"].ttft_fresh, 50) - base) * 1000}
+        prefixed = {"ANVIL": (pct(results["ANVIL"].ttft_prefix, 50) - base) * 1000}
+        rows.append(("added TTFT p50, fresh install (no profile: prefix rule)", fresh, "ms", True))
+        rows.append(("added TTFT p50, stream_verify = prefix", prefixed, "ms", True))
+    responses = {name: r.responses for name, r in results.items()}
+    rows.append(("added latency p50, POST /v1/responses (c=1)", added("resp", responses, 50), "ms", True))
+    rows.append(("added latency p99, POST /v1/responses (c=1)", added("resp", responses, 99), "ms", True))
     itl = {name: r.itl for name, r in results.items()}
     rows.append(("added inter-token latency p50", added("itl", itl, 50), "ms", True))
     rows.append(("added inter-token latency p99", added("itl", itl, 99), "ms", True))
