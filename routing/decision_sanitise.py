@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import re
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,7 +41,10 @@ _FIELDS: dict[str, models.Field[Any, Any]] = {f.name: f for f in DecisionRecord.
 
 def clean_text(value: str, cap: int | None = None) -> str:
     """Drop NULs, replace lone surrogates with U+FFFD, and cut to ``cap`` characters."""
-    text = _SURROGATE.sub("\ufffd", value.replace("\x00", ""))
+    if value.isascii():  # the usual case, and no surrogate can hide in ASCII: one C-level scan
+        text = value.replace("\x00", "") if "\x00" in value else value
+    else:
+        text = _SURROGATE.sub("\ufffd", value.replace("\x00", ""))
     return text if cap is None else text[:cap]
 
 
@@ -66,7 +70,7 @@ def sanitise_record(record: dict[str, Any]) -> dict[str, Any]:
     clean: dict[str, Any] = {}
     notes: list[str] = []
     for name, value in record.items():
-        clean[name] = _fit(_FIELDS[name], value, notes)
+        clean[name] = _FITTERS[name](value, notes)
     if notes:
         existing = clean.get("notes", [])
         clean["notes"] = (existing if isinstance(existing, list) else [existing]) + notes
@@ -76,36 +80,45 @@ def sanitise_record(record: dict[str, Any]) -> dict[str, Any]:
     return clean
 
 
-def _fit(field: models.Field[Any, Any], value: Any, notes: list[str]) -> Any:
+Fitter = Callable[[Any, list[str]], Any]
+
+
+def _uuid(value: Any, notes: list[str]) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        return str(uuid.uuid4())
+
+
+def _fitter(field: models.Field[Any, Any]) -> Fitter:
+    """How a value is made to fit ``field``: chosen once per column, not per record (this runs per request)."""
     if isinstance(field, models.JSONField):
-        return clean_json(value)
+        return lambda value, notes: clean_json(value)
     if isinstance(field, models.UUIDField):
-        try:
-            return str(uuid.UUID(str(value)))
-        except ValueError:
-            return str(uuid.uuid4())
+        return _uuid
     if isinstance(field, models.DateTimeField):
-        return _timestamp(value)
+        return lambda value, notes: _timestamp(value)
     if isinstance(field, models.CharField):
-        return "" if value is None else clean_text(value if isinstance(value, str) else str(value), field.max_length)
+        cap = field.max_length
+        return lambda value, notes: "" if value is None else clean_text(value if isinstance(value, str)
+                                                                        else str(value), cap)
     if isinstance(field, models.BooleanField):
-        return bool(value)
+        return lambda value, notes: bool(value)
     if isinstance(field, models.IntegerField):  # the Positive*IntegerFields too
-        return _count(field, value, notes)
+        return lambda value, notes: _count(field, value, notes)
     if isinstance(field, models.FloatField):
-        return _number(field, value, notes)
-    return clean_json(value)
+        return lambda value, notes: _number(field, value, notes)
+    return lambda value, notes: clean_json(value)
 
 
 def _count(field: models.Field[Any, Any], value: Any, notes: list[str]) -> int | None:
-    unknown = None if field.null else field.get_default()
     if value is None:
-        return unknown
+        return None if field.null else field.get_default()
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         notes.append(f"decision log: {field.name} was a {type(value).__name__}, not a count; not stored")
-        return unknown
+        return None if field.null else field.get_default()
     low, high = _INTEGER_RANGES[field.get_internal_type()]
     fitted = min(max(value, low), high)
     if fitted != value:
@@ -128,6 +141,8 @@ def _number(field: models.Field[Any, Any], value: Any, notes: list[str]) -> floa
 
 
 def _timestamp(value: Any) -> str:
+    if value is None:
+        return timezone.now().isoformat()
     parsed: datetime | None = value if isinstance(value, datetime) else None
     if isinstance(value, str):
         try:
@@ -137,3 +152,6 @@ def _timestamp(value: Any) -> str:
     if parsed is None:
         return timezone.now().isoformat()
     return (timezone.make_aware(parsed, UTC) if timezone.is_naive(parsed) else parsed).isoformat()
+
+
+_FITTERS: dict[str, Fitter] = {name: _fitter(field) for name, field in _FIELDS.items()}
