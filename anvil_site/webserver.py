@@ -116,6 +116,17 @@ class BoundedHTTPFactory(HTTPFactory):
         return protocol
 
 
+def _close_upstream_clients() -> Any:
+    """Before the reactor stops: close the relay's pooled clients on the loop they live on."""
+    import asyncio
+
+    from twisted.internet.defer import Deferred
+
+    from inference.relay import close_sessions
+
+    return Deferred.fromFuture(asyncio.ensure_future(close_sessions()))
+
+
 def main(argv: list[str] | None = None) -> None:
     import django
 
@@ -123,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     # Daphne builds its HTTP factory by this module-global name in Server.run and offers no other
     # hook for the request class: point the name at ours, in this process only.
     daphne.server.HTTPFactory = BoundedHTTPFactory
+    reactor.addSystemEventTrigger("before", "shutdown", _close_upstream_clients)
     CommandLineInterface().run(sys.argv[1:] if argv is None else argv)
 
 

@@ -114,6 +114,14 @@ def _session() -> aiohttp.ClientSession:
     return session
 
 
+async def close_sessions() -> None:
+    """Close this process's upstream clients (at shutdown: an unclosed one warns as it is collected)."""
+    for session in list(_sessions.values()):
+        if not session.closed:
+            await session.close()
+    _sessions.clear()
+
+
 @asynccontextmanager
 async def open_upstream(request: UpstreamRequest) -> AsyncIterator[UpstreamResponse]:
     loop = asyncio.get_running_loop()
