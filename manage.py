@@ -6,9 +6,9 @@ import sys
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "anvil_site.settings")
-    from django.core.management import execute_from_command_line
+    from anvil_site.command_guard import run
 
-    execute_from_command_line(sys.argv)
+    sys.exit(run(sys.argv))
 
 
 if __name__ == "__main__":

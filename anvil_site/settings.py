@@ -31,6 +31,7 @@ CSRF_TRUSTED_ORIGINS = env.env_list("CSRF_TRUSTED_ORIGINS", [])
 # --- the database -----------------------------------------------------------
 DATABASE_URL_DEFAULT = f"sqlite:///{VAR_DIR / 'anvil.sqlite3'}"
 DATABASES = {"default": env.database_from_url("DATABASE_URL", DATABASE_URL_DEFAULT)}
+DATABASE_URL_IS_SET = env.env_str("DATABASE_URL", "") != ""
 if DATABASES["default"].get("ENGINE", "").endswith("sqlite3"):
     # pytest-django's test database must be a file, not ":memory:", so that the
     # real worker processes the tests start can see it.
