@@ -388,10 +388,7 @@ def web_spec(host: str, port: int, readiness_url: str, behind_proxy: bool = Fals
             "--application-close-timeout", "10"]
     if behind_proxy:
         argv.append("--proxy-headers")  # the client's address, not the proxy's (the sign-in throttle keys on it)
-    if os.environ.get("ANVIL_ACCESS_LOG", "") in ("1", "true", "yes"):
-        argv += ["--access-log", "-"]
-    else:
-        argv += ["-v", "0"]
+    argv += ["-v", "0"]  # Anvil writes its own access line per request (anvil.access, ANVIL_ACCESS_LOG)
     argv.append("anvil_site.asgi:application")
     return ChildSpec("web", argv, ready=lambda: http_ok(readiness_url), ready_timeout=90)
 

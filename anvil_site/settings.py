@@ -260,9 +260,13 @@ ANVIL_DECISION_RETENTION_ROWS = env.env_int("ANVIL_DECISION_RETENTION_ROWS", 1_0
 # A worker running an eval run holds a lease on it this long, renewed every sixth of it; a lease that
 # lapses means the worker died: a redelivery of the task takes the run over, else the reaper fails it.
 ANVIL_EVAL_LEASE_SECONDS = env.env_float("ANVIL_EVAL_LEASE_SECONDS", 45.0, minimum=2.0)
+# A profile cell leaves its default verdict only once this many samples were graded: one bad answer is no verdict.
+ANVIL_PROFILE_MIN_SAMPLES = env.env_int("ANVIL_PROFILE_MIN_SAMPLES", 5, minimum=1)
 
 # --- logging: to stderr, one line per record; never request bodies ---------
 LOG_LEVEL = env.env_str("ANVIL_LOG_LEVEL", "INFO").upper()
+# One line per front-door request (id, key, serve, status, TTFT, tokens, outcome; never prompt text).
+ANVIL_ACCESS_LOG = env.env_bool("ANVIL_ACCESS_LOG", True)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -274,6 +278,7 @@ LOGGING = {
     "loggers": {
         "django": {"level": "INFO" if LOG_LEVEL == "DEBUG" else LOG_LEVEL},
         "daphne": {"level": "WARNING"},
+        "anvil.access": {"level": "INFO" if ANVIL_ACCESS_LOG else "WARNING"},
         "httpx": {"level": "WARNING"},  # one INFO line per request is noise
         # The decision-log drain runs every second: a line per task run would bury everything else.
         "celery.app.trace": {"level": "WARNING"},

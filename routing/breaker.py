@@ -13,7 +13,6 @@ healthy ones (``routing.live`` mirrors it).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 ALLOW, PROBE, SKIP = "allow", "probe", "skip"
 
@@ -23,12 +22,6 @@ class BreakerConfig:
     failures: int = 3
     cooldown: float = 30.0
     probe_ttl: float = 60.0
-
-
-class Breakers(Protocol):
-    async def allow(self, serve: str, now: float) -> str: ...
-    async def record(self, serve: str, ok: bool, now: float) -> None: ...
-    async def state(self, serve: str, now: float) -> str: ...
 
 
 class MemoryBreakers:
@@ -47,20 +40,18 @@ class MemoryBreakers:
         row["probe_until"] = now + self.config.probe_ttl
         return PROBE
 
-    async def record(self, serve: str, ok: bool, now: float) -> None:
+    async def record(self, serve: str, ok: bool, now: float) -> int:
+        """The consecutive failures now on record; -1 when a success closed an open breaker."""
         row = self.rows.setdefault(serve, {"failures": 0, "opened": 0.0, "probe_until": 0.0, "open": 0})
         if ok:
+            was_open = row["open"]
             row.update(failures=0, open=0, probe_until=0.0)
-            return
+            return -1 if was_open else 0
         row["failures"] += 1
         if row["open"] or row["failures"] >= self.config.failures:
             row.update(open=1, opened=now, probe_until=0.0)
+        return int(row["failures"])
 
-    async def state(self, serve: str, now: float) -> str:
-        row = self.rows.get(serve)
-        if not row or not row["open"]:
-            return "closed"
-        return "open" if now - row["opened"] < self.config.cooldown else "half-open"
 
 
 # KEYS[1] = the serve's hash; ARGV = now, cooldown, probe_ttl
@@ -76,9 +67,10 @@ return 'probe'
 # KEYS[2] = the set of serves with any failure on record; ARGV = ok (1/0), now, failures threshold, serve
 _RECORD = """
 if ARGV[1] == '1' then
+  local was_open = tonumber(redis.call('HGET', KEYS[1], 'open') or '0')
   redis.call('DEL', KEYS[1])
   redis.call('SREM', KEYS[2], ARGV[4])
-  return 0
+  return -was_open
 end
 redis.call('SADD', KEYS[2], ARGV[4])
 local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
@@ -110,17 +102,12 @@ class RedisBreakers:
         result = await self._allow(keys=[self._key(serve)], args=[now, self.config.cooldown, self.config.probe_ttl])
         return result.decode() if isinstance(result, bytes) else str(result)
 
-    async def record(self, serve: str, ok: bool, now: float) -> None:
-        await self._record(keys=[self._key(serve), self.troubled_key],
-                           args=[1 if ok else 0, now, self.config.failures, serve])
+    async def record(self, serve: str, ok: bool, now: float) -> int:
+        """The consecutive failures now on record; -1 when a success closed an open breaker."""
+        return int(await self._record(keys=[self._key(serve), self.troubled_key],
+                                      args=[1 if ok else 0, now, self.config.failures, serve]))
 
     async def troubled(self) -> set[str]:
         """The serves with any failure on record: the only ones whose breaker needs asking."""
         members = await self.client.smembers(self.troubled_key)  # type: ignore[attr-defined]
         return {m.decode() if isinstance(m, bytes) else str(m) for m in members}
-
-    async def state(self, serve: str, now: float) -> str:
-        row = await self.client.hgetall(self._key(serve))  # type: ignore[attr-defined]
-        if not row or row.get(b"open") != b"1":
-            return "closed"
-        return "open" if now - float(row.get(b"opened", 0)) < self.config.cooldown else "half-open"

@@ -41,6 +41,7 @@ from routing.decision_sanitise import sanitise_record
 from routing.models import DecisionRecord
 
 log = logging.getLogger(__name__)
+ACCESS = logging.getLogger("anvil.access")  # the terminal's line per request: metadata only
 
 PUSH_SECONDS = 0.2
 RETRY_MAX_SECONDS = 5.0  # the longest wait between pushes while Redis is down: a restart is noticed within it
@@ -81,7 +82,16 @@ class DecisionLog:
         unknown = set(record) - FIELDS
         if unknown:
             raise ValueError(f"not decision log fields: {sorted(unknown)}")
-        self.queue.append(json.dumps(sanitise_record(record), separators=(",", ":")))
+        clean = sanitise_record(record)
+        if ACCESS.isEnabledFor(logging.INFO):
+            ACCESS.info("%s %s %s key=%s serve=%s status=%s ttft=%s tokens=%s/%s %.1fms", clean["request_id"],
+                        clean.get("endpoint", ""), clean.get("outcome") or "-", clean.get("api_key") or "-",
+                        clean.get("served_by") or "-", clean.get("status") or "-",
+                        f"{clean['ttft_ms']:.1f}ms" if clean.get("ttft_ms") is not None else "-",
+                        clean.get("prompt_tokens") if clean.get("prompt_tokens") is not None else "-",
+                        clean.get("completion_tokens") if clean.get("completion_tokens") is not None else "-",
+                        clean.get("latency_ms") or 0.0)
+        self.queue.append(json.dumps(clean, separators=(",", ":")))
         self._enforce_cap()
         if self._pusher is None or self._pusher.done():
             self._pusher = asyncio.get_running_loop().create_task(self._run())

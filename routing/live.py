@@ -114,6 +114,13 @@ async def breaker_record(serve: str, ok: bool) -> None:
     if not ok:
         known.serves.add(serve)  # this process asks Redis about it from now on
     try:
-        await breakers().record(serve, ok, time.time())
+        failures = await breakers().record(serve, ok, time.time())
     except Exception:
         log.warning("could not record a breaker outcome for %s (Redis)", serve, exc_info=True)
+        return
+    # One line per transition (whichever process sees it), so the terminal tells the story.
+    if failures == -1:
+        log.info("circuit closed: serve %s answered again", serve)
+    elif failures == settings.ANVIL_BREAKER_FAILURES:
+        log.warning("circuit opened: serve %s failed %d times in a row; skipped for %g s, then one probe", serve,
+                    failures, settings.ANVIL_BREAKER_COOLDOWN)

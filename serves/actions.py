@@ -7,6 +7,7 @@ serve runs at a time, across every worker: the claim is a conditional UPDATE.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,6 +19,8 @@ from serves.docker_state import DockerUnavailable, read_state
 from serves.lifecycle import Plan, PlanKind, plan_down, plan_up, run_plan, start_hint
 from serves.models import DockerState, Health, Serve, ServeEvent
 from serves.probes import gpu_memory, probe
+
+log = logging.getLogger(__name__)
 
 # A claim older than this belongs to a worker that died mid-operation.
 CLAIM_LEASE = timedelta(minutes=30)
@@ -105,6 +108,7 @@ def do_lifecycle(serve_id: int, action: str, requested_by: str, *, dry_run: bool
         result = run_plan(plan)
         after, _ = _state_of(serve)
         Serve.objects.filter(pk=serve_id).write_state(state=after, state_detail=plan.explanation[:500])
+        log.info("serve %s: %s -> %s (%s by %s)", serve.name, state, after, action, requested_by)
         if result.ok:
             outcome, detail = Outcome.OK, plan.explanation
         else:
@@ -143,7 +147,10 @@ def do_status(serve_id: int, requested_by: str, *, record: bool = True) -> Opera
         )
         summary = f"{state}, health {health}" + (f", model {model}" if model else "")
         summary += f" ({detail})" if detail else ""
-        if record or state != before:
+        changed = state != before or health != serve.health
+        if changed:  # one line on the terminal, and an event, for every change of state or health
+            log.info("serve %s: %s, health %s -> %s, health %s", serve.name, before, serve.health, state, health)
+        if record or changed:
             return _record(serve, "status", requested_by, started, Outcome.OK, summary, [], before, state)
         return OperationResult(serve.name, "status", Outcome.OK, summary, [], before, state)
     finally:
