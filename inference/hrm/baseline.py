@@ -16,7 +16,8 @@ from tokenizers import Tokenizer
 
 from inference.hrm.checkpoint import EOS, CheckpointError
 from inference.hrm.config import HRMConfig
-from inference.hrm.engine import QueueFull, SamplingParams, Sequence, TokenScore, top_scores
+from inference.hrm.engine import ContextExceeded, QueueFull, SamplingParams, Sequence, TokenScore, top_scores
+from inference.hrm.sampling import SAMPLING_EPS
 
 
 def baseline_depth(config: HRMConfig) -> int:
@@ -53,8 +54,10 @@ class HFEngine:
         self.model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).to(device).eval()
         self.max_seq_len = int(getattr(self.model.config, "n_positions", None)
                                or self.model.config.max_position_embeddings)
+        self.vocab_size = min(int(self.model.config.vocab_size), self.tokenizer.get_vocab_size())
         self.device, self.max_batch, self.max_queue = device, max_batch, max_queue
         self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # the batch a step is generating; what ``abandon`` hands back
 
     @property
     def idle(self) -> bool:
@@ -66,22 +69,27 @@ class HFEngine:
         if not sequence.prompt:
             raise ValueError("the prompt has no tokens")
         if len(sequence.prompt) + sequence.params.max_tokens > self.max_seq_len:
-            raise ValueError(f"prompt ({len(sequence.prompt)} tokens) plus max_tokens "
-                             f"({sequence.params.max_tokens}) exceeds the context of {self.max_seq_len} tokens")
+            raise ContextExceeded(f"prompt ({len(sequence.prompt)} tokens) plus max_tokens "
+                                  f"({sequence.params.max_tokens}) exceeds the context of {self.max_seq_len} tokens")
         self.waiting.append(sequence)
         return sequence
 
     @torch.no_grad()
     def step(self) -> list[Sequence]:
         """Run the waiting requests (up to max_batch), grouped by sampling parameters, to completion."""
-        batch = [self.waiting.popleft() for _ in range(min(self.max_batch, len(self.waiting)))]
+        batch = self.running = [self.waiting.popleft() for _ in range(min(self.max_batch, len(self.waiting)))]
         groups: dict[tuple[object, ...], list[Sequence]] = {}
         for sequence in batch:
             p = sequence.params
             groups.setdefault((p.temperature, p.top_p, p.max_tokens, p.seed, p.ignore_eos), []).append(sequence)
         for sequences in groups.values():
             self._generate(sequences, sequences[0].params)
+        self.running = []
         return batch
+
+    def abandon(self) -> list[Sequence]:
+        held, self.running = self.running, []
+        return held
 
     def _generate(self, sequences: list[Sequence], params: SamplingParams) -> None:
         width = max(len(s.prompt) for s in sequences)
@@ -92,7 +100,7 @@ class HFEngine:
         if params.seed is not None:
             torch.manual_seed(params.seed)
         want_logprobs = any(s.params.logprobs is not None for s in sequences)
-        sample = params.temperature > 0
+        sample = params.temperature >= SAMPLING_EPS  # as the HRM engine: a vanishing temperature is greedy
         streamer = _Streamer(sequences, self.tokenizer, self.eos_id)  # tokens reach clients as they are made
         out = self.model.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=params.max_tokens, do_sample=sample,

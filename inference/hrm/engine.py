@@ -31,6 +31,10 @@ class QueueFull(Exception):
     """More requests are waiting than the engine will hold (answered 429 by the worker)."""
 
 
+class ContextExceeded(ValueError):
+    """A prompt plus its max_tokens does not fit the model's context (answered 400 by the worker)."""
+
+
 @dataclass
 class SamplingParams:
     max_tokens: int = 128
@@ -62,6 +66,8 @@ class Sequence:
     row: int = -1
     generator: torch.Generator | None = None
     scores: list[TokenScore] = field(default_factory=list)  # with params.logprobs; an EOS that ended it included
+    on_done: Callable[[Sequence], None] | None = None  # called by the scheduler once it finished or failed
+    error: str | None = None  # why the engine failed it (the worker answers 500); None when it ran
     _emitted: int = 0  # characters of ``text`` already handed to on_token
 
     @property
@@ -100,7 +106,9 @@ class Sequence:
 def top_scores(logits: torch.Tensor, tokens: list[int], top: int) -> list[TokenScore]:
     """logits (T, V) at the positions that chose ``tokens`` (T) -> each token's score and ``top`` alternatives."""
     logprobs = torch.log_softmax(logits.double(), dim=-1)
-    chosen = logprobs.gather(1, torch.tensor(tokens, device=logits.device)[:, None])[:, 0].tolist()
+    # dtype given: an empty list (a one-token text scored teacher-forced) would otherwise make a float index.
+    index = torch.tensor(tokens, dtype=torch.long, device=logits.device)
+    chosen = logprobs.gather(1, index[:, None])[:, 0].tolist()
     best = logprobs.topk(top, dim=-1) if top else None
     out = []
     for row, (token, value) in enumerate(zip(tokens, chosen, strict=True)):
@@ -116,6 +124,7 @@ class Engine(Protocol):
     tokenizer: Tokenizer
     eos_id: int | None
     max_seq_len: int
+    vocab_size: int  # token ids the model embeds and the tokenizer decodes: 0 .. vocab_size - 1
 
     @property
     def idle(self) -> bool: ...
@@ -123,6 +132,11 @@ class Engine(Protocol):
     def submit(self, sequence: Sequence) -> Sequence: ...
 
     def step(self) -> list[Sequence]: ...
+
+    def abandon(self) -> list[Sequence]:
+        """After ``step`` raised: take every sequence that step held out of the engine (batch, cache
+        rows) and return them, so the next step starts clean. Ones that had finished are returned too."""
+        ...
 
     def score(self, tokens: list[int], top: int = 0) -> list[TokenScore]:
         """Teacher-forced: the score of tokens[1:], each given the tokens before it."""
@@ -139,10 +153,12 @@ class BatchEngine:
         self.max_batch, self.max_queue = max_batch, max_queue
         self.device, self.dtype = device, dtype
         self.max_seq_len = model.config.max_seq_len
+        self.vocab_size = min(model.config.vocab_size, tokenizer.get_vocab_size())
         self.cache = HRMCache.empty(model.config, max_batch, device, dtype)
         self.waiting: deque[Sequence] = deque()
         self.active: list[Sequence] = []
         self.next_token = torch.zeros(max_batch, dtype=torch.long, device=device)
+        self.step_finished: list[Sequence] = []  # finished in the step under way, handed back when it returns
 
     def submit(self, sequence: Sequence) -> Sequence:
         if len(self.waiting) >= self.max_queue:
@@ -151,8 +167,8 @@ class BatchEngine:
         if not sequence.prompt:
             raise ValueError("the prompt has no tokens")
         if len(sequence.prompt) + sequence.params.max_tokens > limit:
-            raise ValueError(f"prompt ({len(sequence.prompt)} tokens) plus max_tokens "
-                             f"({sequence.params.max_tokens}) exceeds the context of {limit} tokens")
+            raise ContextExceeded(f"prompt ({len(sequence.prompt)} tokens) plus max_tokens "
+                                  f"({sequence.params.max_tokens}) exceeds the context of {limit} tokens")
         if sequence.params.seed is not None:
             sequence.generator = torch.Generator(device=self.device).manual_seed(sequence.params.seed)
         self.waiting.append(sequence)
@@ -174,7 +190,7 @@ class BatchEngine:
             return self._step()
 
     def _step(self) -> list[Sequence]:
-        finished: list[Sequence] = []
+        finished = self.step_finished
         while self.waiting and len(self.active) < self.max_batch:
             sequence = self.waiting.popleft()
             sequence.row = len(self.active)
@@ -184,7 +200,7 @@ class BatchEngine:
                 finished.append(sequence)
                 self._leave(sequence)
         if not self.active:
-            return finished
+            return self._hand_back()
         batch = len(self.active)
         positions = torch.tensor([len(s.prompt) + len(s.output) - 1 for s in self.active], device=self.device)
         logits = self.model.decode(self.next_token[:batch], self.cache, positions)
@@ -192,7 +208,19 @@ class BatchEngine:
         done = [sequence for sequence in self.active if sequence.finished]
         for sequence in done:
             self._leave(sequence)
-        return finished + done
+        finished += done
+        return self._hand_back()
+
+    def _hand_back(self) -> list[Sequence]:
+        finished, self.step_finished = self.step_finished, []
+        return finished
+
+    def abandon(self) -> list[Sequence]:
+        # Rows are only ever read up to each active sequence's own position and a new one's prefill
+        # overwrites its row from position 0, so emptying the batch is all the cache needs.
+        held = [*self.step_finished, *self.active]
+        self.step_finished, self.active = [], []
+        return held
 
     def _prefill(self, sequence: Sequence) -> None:
         row = sequence.row

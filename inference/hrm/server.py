@@ -2,35 +2,58 @@
 logprobs included, so lm-eval's ``local-completions`` works) and /v1/chat/completions, both with SSE;
 /v1/models; the vLLM-style /tokenizer_info, /tokenize and /detokenize (lm-eval's remote tokenizer);
 /healthz, /readyz, /metrics.
+
+Errors are raised as ``inference.hrm.errors.WorkerError`` and rendered once, in the middleware, in
+the route's dialect: ``{"detail", "field"}`` on the seed's routes, OpenAI's ``{"error": {...}}`` on
+the OpenAI and vLLM routes. Anything else a handler raises is logged and answered as a JSON 500.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from jinja2 import TemplateError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from inference.hrm.checkpoint import EOS
-from inference.hrm.engine import QueueFull, Sequence, TokenScore
-from inference.hrm.validation import (
-    MAX_LOGPROBS,
+from inference.hrm.engine import ContextExceeded, QueueFull, SamplingParams, Sequence, TokenScore
+from inference.hrm.errors import (
+    Busy,
+    Dialect,
+    GenerationFailed,
+    HTTPError,
     RequestError,
+    Unavailable,
+    WorkerError,
+    dialect_of,
+)
+from inference.hrm.validation import (
+    CONTEXT_CODE,
+    MAX_LOGPROBS,
+    fit_max_tokens,
     flag,
     number,
     openai_prompts,
+    requested_max_tokens,
     sampling_from,
     seed_prompts,
     strings,
+    token_ids,
 )
 from inference.hrm.worker import CHAT_STOPS, Worker
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+log = logging.getLogger(__name__)
+GENERATE_DEFAULT_MAX_TOKENS = 128  # the seed's /generate default; the OpenAI routes default to the context
 
 
 class Server:
@@ -55,40 +78,61 @@ class Server:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
-        worker = self.worker
-        if worker.stopping and request.method == "POST":
-            return web.json_response({"detail": "the worker is shutting down"}, status=503)
-        worker.in_flight += 1
-        status = 500
+        status = 499  # the client went away before an answer: its handler was cancelled
+        self.worker.in_flight += 1
         try:
-            response = await handler(request)
+            response = await self._answer(request, handler)
             status = response.status
             return response
-        except RequestError as exc:
-            status = exc.status
-            return web.json_response({"detail": exc.message, "field": exc.field}, status=exc.status)
-        except QueueFull as exc:
-            status = 429
-            return web.json_response({"detail": f"too many requests waiting: {exc}"}, status=429)
-        except ValueError as exc:  # the engine's own limits, e.g. a prompt longer than the context
-            status = 400
-            return web.json_response({"detail": str(exc), "field": "prompt"}, status=400)
         finally:
-            worker.in_flight -= 1
-            self.requests.labels(request.path, str(status)).inc()
-            self.latency.labels(request.path).observe(time.perf_counter() - started)
+            self.worker.in_flight -= 1
+            # Unmatched paths share one label: a scan of random paths must not grow the metrics without bound.
+            route = request.path if request.match_info.route.resource is not None else "(unmatched)"
+            self.requests.labels(route, str(status)).inc()
+            self.latency.labels(route).observe(time.perf_counter() - started)
+
+    async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The handler's response, or what it raised in the route's dialect: always JSON, never HTML."""
+        try:
+            if self.worker.stopping and request.method == "POST":
+                raise Unavailable("the worker is shutting down")
+            return await handler(request)
+        except WorkerError as exc:
+            error = exc
+        except QueueFull as exc:
+            error = Busy(f"too many requests waiting: {exc}")
+        except ContextExceeded as exc:  # the engine's own check, should a route's have missed a case
+            error = RequestError(400, "prompt", str(exc), code=CONTEXT_CODE)
+        except web.HTTPException as exc:  # an unknown path, a wrong method, a body over client_max_size
+            if exc.status < 400:
+                raise
+            error = HTTPError(exc.status, exc.text or exc.reason)
+        except Exception as exc:
+            log.exception("%s %s failed", request.method, request.path)
+            error = WorkerError(f"internal error ({type(exc).__name__}); the worker logged it")
+        return web.json_response(error.body(dialect_of(request.path)), status=error.status)
 
     @staticmethod
     async def _json(request: web.Request) -> dict[str, Any]:
         try:
             body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        # ValueError: not JSON, not UTF-8, an integer past Python's digit limit; LookupError: an unknown
+        # charset in the content type; RecursionError: arrays nested thousands deep.
+        except (ValueError, LookupError, RecursionError):
             raise RequestError(400, "body", "the body is not valid JSON") from None
         if not isinstance(body, dict):
             raise RequestError(422, "body", "the body must be a JSON object")
         return body
 
-    async def _complete(self, prompt: list[int], params: Any) -> Sequence:
+    def _fitted(self, prompt: list[int], params: SamplingParams, requested: int | None, *, default: int | None,
+                prompt_field: str, tokens_field: str = "max_tokens") -> SamplingParams:
+        """``params`` with the max_tokens this prompt gets (``fit_max_tokens``)."""
+        max_tokens = fit_max_tokens(len(prompt), requested, context=self.worker.engine.max_seq_len,
+                                    limit=self.worker.limits.max_tokens, default=default,
+                                    prompt_field=prompt_field, tokens_field=tokens_field)
+        return dataclasses.replace(params, max_tokens=max_tokens)
+
+    async def _complete(self, prompt: list[int], params: SamplingParams) -> Sequence:
         sequence = await self.worker.complete(prompt, params)
         self.tokens.inc(len(sequence.output))
         return sequence
@@ -97,8 +141,12 @@ class Server:
     async def generate(self, request: web.Request) -> web.Response:
         body = await self._json(request)
         prompts = seed_prompts(body)
-        params = sampling_from(body, self.worker.limits)
-        sequences = await asyncio.gather(*(self._complete(self.worker.encode(p), params) for p in prompts))
+        params = sampling_from(body)
+        requested = requested_max_tokens(body, self.worker.limits)
+        jobs = [(prompt, self._fitted(prompt, params, requested, default=GENERATE_DEFAULT_MAX_TOKENS,
+                                      prompt_field="prompts"))
+                for prompt in (self.worker.encode(p) for p in prompts)]
+        sequences = await asyncio.gather(*(self._complete(prompt, fitted) for prompt, fitted in jobs))
         return web.json_response({"completions": [s.text for s in sequences], "usage": _usage(sequences)})
 
     async def loglikelihood(self, request: web.Request) -> web.Response:
@@ -107,13 +155,19 @@ class Server:
         if len(prompts) != len(continuations):
             raise RequestError(400, "continuations",
                                f"continuations ({len(continuations)}) must match prompts ({len(prompts)})")
-        values = await self.worker.loglikelihood(list(zip(prompts, continuations, strict=True)))
-        return web.json_response({"ll": values})
+        pairs = [self.worker.encode_pair(p, c) for p, c in zip(prompts, continuations, strict=True)]
+        context = self.worker.engine.max_seq_len
+        for _, target in pairs:
+            # The prompt may be cut from the left to fit; the continuation must keep one token before it.
+            if len(target) > context - 1:
+                raise RequestError(400, "continuations", f"a continuation of {len(target)} tokens does not fit "
+                                                         f"the context of {context} tokens", code=CONTEXT_CODE)
+        return web.json_response({"ll": await self.worker.loglikelihood(pairs)})
 
     # --- OpenAI -----------------------------------------------------------------------------
     async def completions(self, request: web.Request) -> web.StreamResponse:
         body = await self._json(request)
-        prompts = openai_prompts(body)
+        prompts = openai_prompts(body, self.worker.engine.vocab_size)
         echo, stream = flag(body, "echo"), flag(body, "stream")
         logprobs = body.get("logprobs")
         if logprobs is not None:
@@ -122,16 +176,18 @@ class Server:
                 raise RequestError(400, "logprobs", "logprobs are not available when streaming")
         if echo and stream:
             raise RequestError(400, "echo", "echo is not available when streaming")
-        params = sampling_from(body, self.worker.limits, default_max=16, default_temperature=1.0,
-                               allow_zero_tokens=echo, logprobs=logprobs)
+        if stream and len(prompts) != 1:
+            raise RequestError(400, "prompt", "streaming takes one prompt")
+        params = sampling_from(body, default_temperature=1.0, logprobs=logprobs)
+        requested = requested_max_tokens(body, self.worker.limits, allow_zero=echo)
         created, ident = int(time.time()), f"cmpl-{uuid.uuid4().hex[:24]}"
-        encoded = [self.worker.encode(p) for p in prompts]
+        jobs = [(prompt, self._fitted(prompt, params, requested, default=None, prompt_field="prompt"))
+                for prompt in (self.worker.encode(p) for p in prompts)]
         if stream:
-            if len(encoded) != 1:
-                raise RequestError(400, "prompt", "streaming takes one prompt")
-            return await self._stream(request, encoded[0], params, ident, created, "text_completion",
+            prompt, fitted = jobs[0]
+            return await self._stream(request, prompt, fitted, ident, created, "text_completion",
                                       chat=False, include_usage=_include_usage(body))
-        sequences = await asyncio.gather(*(self._complete(p, params) for p in encoded))
+        sequences = await asyncio.gather(*(self._complete(prompt, fitted) for prompt, fitted in jobs))
         choices = []
         for index, sequence in enumerate(sequences):
             text = sequence.text
@@ -178,12 +234,22 @@ class Server:
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
                 raise RequestError(422, f"messages[{index}]", "each message needs a role")
             turns.append({"role": message["role"], "content": _content(message.get("content"), index)})
-        params = sampling_from(body, self.worker.limits, default_max=self.worker.limits.max_tokens,
-                               default_temperature=1.0)
+        stream = flag(body, "stream")
+        params = sampling_from(body, default_temperature=1.0)
         params.stop = (*params.stop, *CHAT_STOPS)
-        prompt = self.worker.encode(self.worker.render_chat(turns))
+        # Newer OpenAI clients send max_completion_tokens: the same limit under its new name.
+        tokens_field = ("max_completion_tokens" if body.get("max_tokens") is None
+                        and body.get("max_completion_tokens") is not None else "max_tokens")
+        requested = requested_max_tokens(body, self.worker.limits, name=tokens_field)
+        try:
+            rendered = self.worker.render_chat(turns)
+        except TemplateError as exc:  # a checkpoint's template may refuse a conversation (roles out of turn)
+            raise RequestError(400, "messages", f"the chat template refused the messages: {exc}") from None
+        prompt = self.worker.encode(rendered)
+        params = self._fitted(prompt, params, requested, default=None, prompt_field="messages",
+                              tokens_field=tokens_field)
         created, ident = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        if flag(body, "stream"):
+        if stream:
             return await self._stream(request, prompt, params, ident, created, "chat.completion.chunk", chat=True,
                                       include_usage=_include_usage(body))
         sequence = await self._complete(prompt, params)
@@ -193,8 +259,8 @@ class Server:
                                       "finish_reason": sequence.finish_reason}],
                                   "usage": _usage([sequence])})
 
-    async def _stream(self, request: web.Request, prompt: list[int], params: Any, ident: str, created: int,
-                      kind: str, *, chat: bool, include_usage: bool) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, prompt: list[int], params: SamplingParams, ident: str,
+                      created: int, kind: str, *, chat: bool, include_usage: bool) -> web.StreamResponse:
         sequence, pieces = await self.worker.start_generation(prompt, params)  # a full queue answers 429 first
         response = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
         await response.prepare(request)
@@ -204,20 +270,38 @@ class Server:
                      "choices": [choice] if choice else [], **extra}
             return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
-        if chat:
-            await response.write(event({"index": 0, "delta": {"role": "assistant", "content": ""},
-                                        "finish_reason": None}))
-        while (piece := await pieces.get()) is not None:
-            choice = ({"index": 0, "delta": {"content": piece}, "finish_reason": None} if chat
-                      else {"index": 0, "text": piece, "logprobs": None, "finish_reason": None})
-            await response.write(event(choice))
-        self.tokens.inc(len(sequence.output))
-        last = ({"index": 0, "delta": {}, "finish_reason": sequence.finish_reason} if chat
-                else {"index": 0, "text": "", "logprobs": None, "finish_reason": sequence.finish_reason})
-        await response.write(event(last))
-        if include_usage:
-            await response.write(event({}, usage=_usage([sequence])))
-        await response.write(b"data: [DONE]\n\n")
+        def error_event(error: WorkerError) -> bytes:
+            return b"data: " + json.dumps(error.body(Dialect.OPENAI)).encode() + b"\n\n"
+
+        # The status line has gone out: from here a failure is told as an error event, then [DONE], as vLLM does.
+        try:
+            if chat:
+                await response.write(event({"index": 0, "delta": {"role": "assistant", "content": ""},
+                                            "finish_reason": None}))
+            while (piece := await pieces.get()) is not None:
+                choice = ({"index": 0, "delta": {"content": piece}, "finish_reason": None} if chat
+                          else {"index": 0, "text": piece, "logprobs": None, "finish_reason": None})
+                await response.write(event(choice))
+            self.tokens.inc(len(sequence.output))
+            if sequence.error is not None:
+                await response.write(error_event(Unavailable(sequence.error) if self.worker.failure is not None
+                                                 else GenerationFailed(sequence.error)))
+            else:
+                last = ({"index": 0, "delta": {}, "finish_reason": sequence.finish_reason} if chat
+                        else {"index": 0, "text": "", "logprobs": None, "finish_reason": sequence.finish_reason})
+                await response.write(event(last))
+                if include_usage:
+                    await response.write(event({}, usage=_usage([sequence])))
+            await response.write(b"data: [DONE]\n\n")
+        except ConnectionResetError:  # the client went away: nobody to tell
+            pass
+        except Exception as exc:
+            log.exception("%s %s failed mid-stream", request.method, request.path)
+            try:
+                await response.write(error_event(WorkerError(f"internal error ({type(exc).__name__}); the worker "
+                                                             "logged it")) + b"data: [DONE]\n\n")
+            except ConnectionResetError:
+                pass
         return response
 
     async def models(self, request: web.Request) -> web.Response:
@@ -245,6 +329,7 @@ class Server:
         tokens = body.get("tokens")
         if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
             raise RequestError(422, "tokens", "tokens must be a list of integers")
+        token_ids(tokens, self.worker.engine.vocab_size, "tokens")
         return web.json_response({"prompt": self.worker.tokenizer.decode(tokens)})
 
     # --- probes -------------------------------------------------------------------------------
@@ -253,6 +338,9 @@ class Server:
 
     async def readyz(self, request: web.Request) -> web.Response:
         worker = self.worker
+        if worker.failure is not None:  # the scheduler thread is gone: the process is on its way out
+            return web.json_response({"status": "failed", "detail": "the scheduler thread died: "
+                                      f"{type(worker.failure).__name__}: {worker.failure}"}, status=503)
         if worker.ready and not worker.stopping:
             return web.json_response({"status": "ready"})
         return web.json_response({"status": "loading" if not worker.ready else "stopping"}, status=503)
@@ -266,9 +354,11 @@ def _content(content: Any, index: int) -> str:
         return content
     if isinstance(content, list):  # OpenAI content parts: the text ones are kept, in order
         texts = [part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"]
-        if len(texts) == len(content):
-            return "".join(texts)
-        raise RequestError(400, f"messages[{index}].content", "only text content parts are understood")
+        if len(texts) != len(content):
+            raise RequestError(400, f"messages[{index}].content", "only text content parts are understood")
+        if not all(isinstance(text, str) for text in texts):
+            raise RequestError(422, f"messages[{index}].content", "a text part's text must be a string")
+        return "".join(texts)
     if content is None:
         return ""
     raise RequestError(422, f"messages[{index}].content", "content must be a string or a list of text parts")

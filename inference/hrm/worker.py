@@ -9,22 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import queue
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import torch
+from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from inference.hrm.checkpoint import EOS, CheckpointError
 from inference.hrm.engine import Engine, SamplingParams, Sequence, TokenScore
+from inference.hrm.errors import GenerationFailed, Unavailable
 from inference.hrm.validation import Limits
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # The chat template when a checkpoint brings none (``chat_template.jinja`` beside the weights).
 # Jinja, as Hugging Face tokenizers store theirs, so lm-eval's remote tokenizer can render it too.
@@ -63,50 +67,117 @@ class Worker:
         self.engine, self.name, self.limits = engine, name, limits
         self.tokenizer = engine.tokenizer
         self.template_source = template
-        self.template = ImmutableSandboxedEnvironment().from_string(template)
+        environment = ImmutableSandboxedEnvironment()
+        environment.globals["raise_exception"] = _refuse  # what Hugging Face templates call on a bad conversation
+        self.template = environment.from_string(template)
         self.inbox: queue.Queue[Callable[[], None]] = queue.Queue()
         self.ready = False
         self.stopping = False
         self.in_flight = 0
         self.thread = threading.Thread(target=self._run, name="hrm-scheduler", daemon=True)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        # Set (on the event loop) if the scheduler thread ends: the worker cannot answer again.
+        self.failure: BaseException | None = None
+        self.died = asyncio.Event()
+        # What the event loop waits on from the scheduler, failed at once should it die.
+        self._calls: set[asyncio.Future[Any]] = set()
+        self._generations: dict[int, tuple[Sequence, asyncio.Queue[str | None]]] = {}
 
     # --- the scheduler thread -------------------------------------------------------------
     def start(self) -> None:
+        """Start the scheduler thread; called on the event loop that will serve requests."""
+        self.loop = asyncio.get_running_loop()
         self.thread.start()
 
     def _run(self) -> None:
-        torch.set_grad_enabled(False)
-        threads = os.environ.get("ANVIL_TORCH_THREADS")
-        if threads:
-            torch.set_num_threads(int(threads))
-        while True:
-            block = self.engine.idle
+        try:
+            torch.set_grad_enabled(False)
+            threads = os.environ.get("ANVIL_TORCH_THREADS")
+            if threads:
+                torch.set_num_threads(int(threads))
+            while True:
+                self._turn()
+        except BaseException as exc:  # nothing answers requests any more: say so, and let the process end
+            log.critical("the scheduler thread died", exc_info=exc)
+            self._on_loop(self._die, exc)
+
+    def _turn(self) -> None:
+        """One pass of the scheduler: a task from the inbox, else one engine step."""
+        try:
+            item = self.inbox.get(timeout=0.5) if self.engine.idle else self.inbox.get_nowait()
+        except queue.Empty:
+            item = None
+        if item is not None:
             try:
-                item = self.inbox.get(timeout=0.5) if block else self.inbox.get_nowait()
-            except queue.Empty:
-                item = None
-            if item is not None:
                 item()
-                continue
-            if not self.engine.idle:
-                for sequence in self.engine.step():
-                    sequence.on_done()  # type: ignore[attr-defined]
+            except Exception:  # a task's own errors go back to its request (``call``); this is anything else
+                log.exception("a scheduler task failed")
+            return
+        if self.engine.idle:
+            return
+        try:
+            finished = self.engine.step()
+        except Exception as exc:
+            # The requests in the failed step get a 500; the engine drops them and goes on with the rest.
+            log.exception("a decode step failed; failing the requests in it")
+            finished = self.engine.abandon()
+            for sequence in finished:
+                if not sequence.finished:
+                    sequence.error = f"generation failed: {type(exc).__name__}: {exc}"
+        for sequence in finished:
+            if sequence.on_done is not None:
+                sequence.on_done(sequence)
+
+    def _on_loop(self, function: Callable[..., None], *args: Any) -> None:
+        """From the scheduler thread: run ``function`` on the event loop (gone, at shutdown: then nothing)."""
+        if self.loop is None:
+            return
+        try:
+            self.loop.call_soon_threadsafe(function, *args)
+        except RuntimeError:  # the loop is closed: nobody is waiting
+            pass
+
+    def _die(self, exc: BaseException) -> None:
+        self.failure, self.ready = exc, False
+        gone = Unavailable(f"the worker's scheduler stopped ({type(exc).__name__}: {exc}); it is restarting")
+        for future in list(self._calls):
+            _settle(future, None, gone)
+        for sequence, pieces in self._generations.values():
+            sequence.error = gone.message
+            pieces.put_nowait(None)
+        self.died.set()
 
     def call(self, function: Callable[[], T]) -> asyncio.Future[T]:
         """Run ``function`` on the scheduler thread; its result comes back as a future on this loop."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
+        if self.failure is not None:
+            future.set_exception(Unavailable("the worker's scheduler stopped; it is restarting"))
+            return future
+        self._calls.add(future)
+        future.add_done_callback(self._calls.discard)
 
         def run() -> None:
             try:
                 result = function()
             except Exception as exc:  # handed back to the request that asked
-                loop.call_soon_threadsafe(_settle, future, None, exc)
+                self._on_loop(_settle, future, None, exc)
             else:
-                loop.call_soon_threadsafe(_settle, future, result, None)
+                self._on_loop(_settle, future, result, None)
 
         self.inbox.put(run)
         return future
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set; raises ``Unavailable`` if the scheduler thread dies first."""
+        stopped, died = asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.died.wait())
+        try:
+            await asyncio.wait({stopped, died}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            died.cancel()
+        if self.failure is not None:
+            raise Unavailable(f"the scheduler thread died: {type(self.failure).__name__}: {self.failure}")
 
     # --- what requests ask of it ------------------------------------------------------------
     def encode(self, prompt: str | list[int]) -> list[int]:
@@ -120,13 +191,26 @@ class Worker:
 
     async def start_generation(self, prompt: list[int], params: SamplingParams
                                ) -> tuple[Sequence, asyncio.Queue[str | None]]:
-        """Submit one generation; pieces of text arrive on the queue as they are made, then None."""
-        loop = asyncio.get_running_loop()
+        """Submit one generation; pieces of text arrive on the queue as they are made, then None.
+
+        After the None, ``sequence.error`` says whether the engine failed it.
+        """
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
-        sequence = Sequence(prompt, params,
-                            on_token=lambda _s, text: loop.call_soon_threadsafe(pieces.put_nowait, text))
-        sequence.on_done = lambda: loop.call_soon_threadsafe(pieces.put_nowait, None)  # type: ignore[attr-defined]
-        await self.call(lambda: self.engine.submit(sequence))
+        key = id(pieces)
+
+        def done(sequence: Sequence) -> None:
+            self._generations.pop(key, None)
+            pieces.put_nowait(None)
+
+        sequence = Sequence(prompt, params, on_token=lambda _s, text: self._on_loop(pieces.put_nowait, text),
+                            on_done=lambda s: self._on_loop(done, s))
+        # Known before it is submitted: it may finish before this coroutine runs again.
+        self._generations[key] = (sequence, pieces)
+        try:
+            await self.call(lambda: self.engine.submit(sequence))
+        except BaseException:
+            self._generations.pop(key, None)
+            raise
         return sequence, pieces
 
     async def complete(self, prompt: list[int], params: SamplingParams) -> Sequence:
@@ -137,32 +221,42 @@ class Worker:
         sequence, pieces = await self.start_generation(prompt, params)
         while await pieces.get() is not None:
             pass
+        if sequence.error is not None:
+            raise (Unavailable(sequence.error) if self.failure is not None else GenerationFailed(sequence.error))
         return sequence
 
     async def score(self, tokens: list[int], top: int = 0) -> list[TokenScore]:
         return await self.call(lambda: self.engine.score(tokens, top))
 
-    async def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[float]:
-        """Sum of the log-probabilities of each continuation given its prompt, teacher-forced."""
+    async def loglikelihood(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
+        """Sum of the log-probabilities of each continuation given its prompt, teacher-forced.
+
+        Pairs come encoded apart (``encode_pair``), as lm-eval does: the continuation's tokens are
+        exactly its own, never a merge across the boundary that would blur which part is scored.
+        """
         out = []
-        for prompt, continuation in pairs:
-            # Encoded apart and joined (as lm-eval does): the continuation's tokens are exactly
-            # its own, never a merge across the boundary that would blur which part is scored.
-            target = self.tokenizer.encode(continuation).ids
-            scores = await self.score(self.encode(prompt) + target)
+        for context, target in pairs:
+            scores = await self.score(context + target)
             out.append(sum(s.logprob for s in scores[len(scores) - len(target):]) if target else 0.0)
         return out
+
+    def encode_pair(self, prompt: str, continuation: str) -> tuple[list[int], list[int]]:
+        return self.encode(prompt), self.tokenizer.encode(continuation).ids
 
     async def warm_up(self) -> None:
         """One tiny generation through the whole path; /readyz says ready only after it."""
         await self.complete(self.encode("warm up"), SamplingParams(max_tokens=1, temperature=0))
-        self.ready = True
+        self.ready = self.failure is None
 
     async def drain(self, timeout: float) -> None:
         self.stopping = True
         deadline = time.monotonic() + timeout
         while self.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+
+
+def _refuse(message: str) -> NoReturn:
+    raise TemplateError(message)
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

@@ -93,7 +93,9 @@ def test_loglikelihood_equals_an_independent_teacher_forced_sum(worker, checkpoi
 def test_bad_requests_name_the_field(worker, path: str, body: dict, status: int, field: str) -> None:  # type: ignore[no-untyped-def]
     url, _ = worker
     answer = httpx.post(f"{url}{path}", json=body, timeout=30)
-    assert answer.status_code == status and answer.json()["field"] == field, answer.text
+    # The seed's routes name it in "field"; the OpenAI routes in OpenAI's error shape, as vLLM does.
+    named = answer.json()["error"]["param"] if path.startswith("/v1/") else answer.json()["field"]
+    assert answer.status_code == status and named == field, answer.text
 
 
 def test_openai_completions_whole_and_streamed(worker) -> None:  # type: ignore[no-untyped-def]
@@ -111,6 +113,18 @@ def test_openai_completions_whole_and_streamed(worker) -> None:  # type: ignore[
                 text += json.loads(line[6:])["choices"][0]["text"]
     assert text == whole["choices"][0]["text"]  # greedy: the same either way
     assert httpx.get(f"{url}/v1/models", timeout=5).json()["data"][0]["id"] == "hrm-tiny"
+
+
+def test_a_missing_max_tokens_fills_the_context_capped_by_the_worker_limit(worker) -> None:  # type: ignore[no-untyped-def]
+    url, _ = worker
+    body = {"ignore_eos": True, "temperature": 0}
+    short = httpx.post(f"{url}/v1/completions", json={"prompt": [5, 6], **body}, timeout=60).json()
+    assert short["usage"]["completion_tokens"] == 64  # --max-tokens 64, though the context has room for 254
+    long = httpx.post(f"{url}/v1/completions", json={"prompt": [5] * 220, **body}, timeout=60).json()
+    assert long["usage"]["completion_tokens"] == 256 - 220  # what the context leaves
+    chat = httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}], **body},
+                      timeout=60).json()
+    assert chat["usage"]["completion_tokens"] <= 64 and chat["choices"][0]["finish_reason"] in ("stop", "length")
 
 
 def test_echo_with_logprobs_scores_the_prompt_as_teacher_forcing_does(worker, checkpoint: Path) -> None:  # type: ignore[no-untyped-def]

@@ -51,6 +51,7 @@ class Command(BaseCommand):
     async def _serve(self, worker: Any, host: str, port: int) -> None:
         from aiohttp import web
 
+        from inference.hrm.errors import Unavailable
         from inference.hrm.server import Server
 
         worker.start()
@@ -61,10 +62,14 @@ class Command(BaseCommand):
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        await worker.warm_up()
-        self.stdout.write(f"serving {worker.name} on http://{host}:{port} (ready)", ending="\n")
-        self.stdout.flush()
-        await stop.wait()
+        try:
+            await worker.warm_up()
+            self.stdout.write(f"serving {worker.name} on http://{host}:{port} (ready)", ending="\n")
+            self.stdout.flush()
+            await worker.run_until(stop)
+        except Unavailable as exc:  # the scheduler thread died: exit non-zero so the supervisor restarts us
+            await runner.cleanup()
+            raise CommandError(str(exc)) from None
         self.stdout.write("draining in-flight requests")
         await worker.drain(DRAIN_SECONDS)
         await runner.cleanup()
