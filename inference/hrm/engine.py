@@ -68,7 +68,14 @@ class Sequence:
     scores: list[TokenScore] = field(default_factory=list)  # with params.logprobs; an EOS that ended it included
     on_done: Callable[[Sequence], None] | None = None  # called by the scheduler once it finished or failed
     error: str | None = None  # why the engine failed it (the worker answers 500); None when it ran
+    # Set from the event loop when the client has gone: the next token ends the sequence ("abort"),
+    # freeing its batch row instead of decoding to max_tokens for nobody. A bool write is atomic.
+    cancelled: bool = False
     _emitted: int = 0  # characters of ``text`` already handed to on_token
+    # Incremental detokenization (as vLLM does): only the tokens since ``_prefix`` are decoded per
+    # step, so a long answer costs linear, not quadratic, time on the thread that owns the batch.
+    _prefix: int = 0  # output[_prefix:_read] decodes to text already in ``text``
+    _read: int = 0
 
     @property
     def finished(self) -> bool:
@@ -78,18 +85,39 @@ class Sequence:
         """Take one generated token: EOS, a stop string or the token limit may finish the sequence."""
         if self.finished:
             return
+        if self.cancelled:
+            self.finish_reason = "abort"
+            return
         if eos_id is not None and token == eos_id and not self.params.ignore_eos:
             self.finish_reason = "stop"
             self._emit(final=True)
             return
         self.output.append(token)
-        cut, stopped = cut_at_stop(tokenizer.decode(self.output), list(self.params.stop))
-        self.text = cut
-        if stopped:
-            self.finish_reason = "stop"
-        elif len(self.output) >= self.params.max_tokens:
+        delta = self._decode_new(tokenizer)
+        if delta:
+            stops = self.params.stop
+            # Only a stop string that ends in the new text can be new: search the tail that could hold one.
+            start = max(0, len(self.text) - max((len(stop) for stop in stops), default=1) + 1)
+            self.text += delta
+            cut, stopped = cut_at_stop(self.text[start:], list(stops))
+            if stopped:
+                self.text = self.text[:start] + cut
+                self.finish_reason = "stop"
+        if self.finish_reason is None and len(self.output) >= self.params.max_tokens:
             self.finish_reason = "length"
         self._emit(final=self.finished)
+
+    def _decode_new(self, tokenizer: Tokenizer) -> str:
+        """The text the newest tokens add, once it is whole (a byte-level token may end mid-character)."""
+        before = tokenizer.decode(self.output[self._prefix:self._read]) if self._read > self._prefix else ""
+        after = tokenizer.decode(self.output[self._prefix:])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(self.output)
+            return after[len(before):]
+        if len(self.output) >= self.params.max_tokens:  # the last token: what there is, replacement and all
+            self._prefix, self._read = self._read, len(self.output)
+            return after[len(before):]
+        return ""
 
     def _emit(self, final: bool) -> None:
         # Hold back a tail that could still become a stop string or an unfinished UTF-8 character.

@@ -47,6 +47,7 @@ from inference.hrm.validation import (
     seed_prompts,
     strings,
     token_ids,
+    truncate_left,
 )
 from inference.hrm.worker import CHAT_STOPS, Worker
 
@@ -62,6 +63,7 @@ class Server:
         self.registry = CollectorRegistry()
         self.requests = Counter("hrm_requests_total", "Requests.", ["route", "status"], registry=self.registry)
         self.tokens = Counter("hrm_generated_tokens_total", "Tokens generated.", registry=self.registry)
+        worker.on_generation_done = lambda sequence: self.tokens.inc(len(sequence.output))
         self.latency = Histogram("hrm_request_seconds", "Request latency.", ["route"], registry=self.registry)
 
     def app(self) -> web.Application:
@@ -89,7 +91,11 @@ class Server:
             # Unmatched paths share one label: a scan of random paths must not grow the metrics without bound.
             route = request.path if request.match_info.route.resource is not None else "(unmatched)"
             self.requests.labels(route, str(status)).inc()
-            self.latency.labels(route).observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.latency.labels(route).observe(elapsed)
+            if request.method == "POST":  # one line per request: its id (Anvil's, when relayed), timing, tokens
+                log.info("%s %s %s %.1fms tokens=%s id=%s", request.method, request.path, status, elapsed * 1000,
+                         request.get("generated", "-"), request.headers.get("x-request-id", "-"))
 
     async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """The handler's response, or what it raised in the route's dialect: always JSON, never HTML."""
@@ -125,16 +131,22 @@ class Server:
         return body
 
     def _fitted(self, prompt: list[int], params: SamplingParams, requested: int | None, *, default: int | None,
-                prompt_field: str, tokens_field: str = "max_tokens") -> SamplingParams:
-        """``params`` with the max_tokens this prompt gets (``fit_max_tokens``)."""
-        max_tokens = fit_max_tokens(len(prompt), requested, context=self.worker.engine.max_seq_len,
-                                    limit=self.worker.limits.max_tokens, default=default,
+                prompt_field: str, tokens_field: str = "max_tokens", truncate: bool = False
+                ) -> tuple[list[int], SamplingParams]:
+        """The prompt (cut from the left when asked and needed) and ``params`` with the max_tokens it gets."""
+        context, limit = self.worker.engine.max_seq_len, self.worker.limits.max_tokens
+        if truncate:
+            # Keep room for what was asked, else the route's default, else a quarter of the context.
+            wanted = requested if requested is not None else (default if default is not None else context // 4)
+            keep = context - max(1, min(wanted, limit, context - 1))
+            prompt = prompt[-keep:]
+        max_tokens = fit_max_tokens(len(prompt), requested, context=context, limit=limit, default=default,
                                     prompt_field=prompt_field, tokens_field=tokens_field)
-        return dataclasses.replace(params, max_tokens=max_tokens)
+        return prompt, dataclasses.replace(params, max_tokens=max_tokens)
 
-    async def _complete(self, prompt: list[int], params: SamplingParams) -> Sequence:
-        sequence = await self.worker.complete(prompt, params)
-        self.tokens.inc(len(sequence.output))
+    async def _complete(self, request: web.Request, prompt: list[int], params: SamplingParams) -> Sequence:
+        sequence = await self.worker.complete(prompt, params, gone=lambda: _gone(request))
+        request["generated"] = request.get("generated", 0) + len(sequence.output)
         return sequence
 
     # --- the seed's contract ----------------------------------------------------------------
@@ -143,10 +155,10 @@ class Server:
         prompts = seed_prompts(body)
         params = sampling_from(body)
         requested = requested_max_tokens(body, self.worker.limits)
-        jobs = [(prompt, self._fitted(prompt, params, requested, default=GENERATE_DEFAULT_MAX_TOKENS,
-                                      prompt_field="prompts"))
-                for prompt in (self.worker.encode(p) for p in prompts)]
-        sequences = await asyncio.gather(*(self._complete(prompt, fitted) for prompt, fitted in jobs))
+        truncate = truncate_left(body)
+        jobs = [self._fitted(prompt, params, requested, default=GENERATE_DEFAULT_MAX_TOKENS, prompt_field="prompts",
+                             truncate=truncate) for prompt in (self.worker.encode(p) for p in prompts)]
+        sequences = await asyncio.gather(*(self._complete(request, prompt, fitted) for prompt, fitted in jobs))
         return web.json_response({"completions": [s.text for s in sequences], "usage": _usage(sequences)})
 
     async def loglikelihood(self, request: web.Request) -> web.Response:
@@ -181,13 +193,14 @@ class Server:
         params = sampling_from(body, default_temperature=1.0, logprobs=logprobs)
         requested = requested_max_tokens(body, self.worker.limits, allow_zero=echo)
         created, ident = int(time.time()), f"cmpl-{uuid.uuid4().hex[:24]}"
-        jobs = [(prompt, self._fitted(prompt, params, requested, default=None, prompt_field="prompt"))
+        truncate = truncate_left(body)
+        jobs = [self._fitted(prompt, params, requested, default=None, prompt_field="prompt", truncate=truncate)
                 for prompt in (self.worker.encode(p) for p in prompts)]
         if stream:
             prompt, fitted = jobs[0]
             return await self._stream(request, prompt, fitted, ident, created, "text_completion",
                                       chat=False, include_usage=_include_usage(body))
-        sequences = await asyncio.gather(*(self._complete(prompt, fitted) for prompt, fitted in jobs))
+        sequences = await asyncio.gather(*(self._complete(request, prompt, fitted) for prompt, fitted in jobs))
         choices = []
         for index, sequence in enumerate(sequences):
             text = sequence.text
@@ -229,11 +242,7 @@ class Server:
             raise RequestError(422, "messages", "messages must be a non-empty list")
         if body.get("tools"):
             raise RequestError(400, "tools", f"{self.worker.name} does not call tools")
-        turns = []
-        for index, message in enumerate(messages):
-            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-                raise RequestError(422, f"messages[{index}]", "each message needs a role")
-            turns.append({"role": message["role"], "content": _content(message.get("content"), index)})
+        rendered = self._render(messages)
         stream = flag(body, "stream")
         params = sampling_from(body, default_temperature=1.0)
         params.stop = (*params.stop, *CHAT_STOPS)
@@ -241,23 +250,33 @@ class Server:
         tokens_field = ("max_completion_tokens" if body.get("max_tokens") is None
                         and body.get("max_completion_tokens") is not None else "max_tokens")
         requested = requested_max_tokens(body, self.worker.limits, name=tokens_field)
-        try:
-            rendered = self.worker.render_chat(turns)
-        except TemplateError as exc:  # a checkpoint's template may refuse a conversation (roles out of turn)
-            raise RequestError(400, "messages", f"the chat template refused the messages: {exc}") from None
-        prompt = self.worker.encode(rendered)
-        params = self._fitted(prompt, params, requested, default=None, prompt_field="messages",
-                              tokens_field=tokens_field)
+        prompt, params = self._fitted(self.worker.encode(rendered), params, requested, default=None,
+                                      prompt_field="messages", tokens_field=tokens_field,
+                                      truncate=truncate_left(body))
         created, ident = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if stream:
             return await self._stream(request, prompt, params, ident, created, "chat.completion.chunk", chat=True,
                                       include_usage=_include_usage(body))
-        sequence = await self._complete(prompt, params)
+        sequence = await self._complete(request, prompt, params)
         return web.json_response({"id": ident, "object": "chat.completion", "created": created,
                                   "model": self.worker.name, "choices": [{
                                       "index": 0, "message": {"role": "assistant", "content": sequence.text},
                                       "finish_reason": sequence.finish_reason}],
                                   "usage": _usage([sequence])})
+
+    def _render(self, messages: Any) -> str:
+        """Chat messages through the checkpoint's chat template, ready to tokenize."""
+        if not isinstance(messages, list) or not messages:
+            raise RequestError(422, "messages", "messages must be a non-empty list")
+        turns = []
+        for index, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                raise RequestError(422, f"messages[{index}]", "each message needs a role")
+            turns.append({"role": message["role"], "content": _content(message.get("content"), index)})
+        try:
+            return self.worker.render_chat(turns)
+        except TemplateError as exc:  # a checkpoint's template may refuse a conversation (roles out of turn)
+            raise RequestError(400, "messages", f"the chat template refused the messages: {exc}") from None
 
     async def _stream(self, request: web.Request, prompt: list[int], params: SamplingParams, ident: str,
                       created: int, kind: str, *, chat: bool, include_usage: bool) -> web.StreamResponse:
@@ -281,8 +300,10 @@ class Server:
             while (piece := await pieces.get()) is not None:
                 choice = ({"index": 0, "delta": {"content": piece}, "finish_reason": None} if chat
                           else {"index": 0, "text": piece, "logprobs": None, "finish_reason": None})
+                if _gone(request):
+                    raise ConnectionResetError("the client went away")
                 await response.write(event(choice))
-            self.tokens.inc(len(sequence.output))
+            request["generated"] = len(sequence.output)
             if sequence.error is not None:
                 await response.write(error_event(Unavailable(sequence.error) if self.worker.failure is not None
                                                  else GenerationFailed(sequence.error)))
@@ -293,8 +314,12 @@ class Server:
                 if include_usage:
                     await response.write(event({}, usage=_usage([sequence])))
             await response.write(b"data: [DONE]\n\n")
-        except ConnectionResetError:  # the client went away: nobody to tell
-            pass
+        except (ConnectionResetError, asyncio.CancelledError) as gone:
+            # The client went away (a failed write, or the server cancelling this handler): nobody to
+            # tell, and nothing more to make; the sequence ends at its next token.
+            sequence.cancelled = True
+            if isinstance(gone, asyncio.CancelledError):
+                raise
         except Exception as exc:
             log.exception("%s %s failed mid-stream", request.method, request.path)
             try:
@@ -316,10 +341,15 @@ class Server:
                                   "model_max_length": self.worker.engine.max_seq_len})
 
     async def tokenize(self, request: web.Request) -> web.Response:
+        """vLLM's /tokenize: a ``prompt``, or chat ``messages`` rendered with the chat template first
+        (how Anvil counts an Anthropic client's tokens for /v1/messages/count_tokens)."""
         body = await self._json(request)
-        prompt = body.get("prompt")
+        if body.get("messages") is not None:
+            prompt = self._render(body.get("messages"))
+        else:
+            prompt = body.get("prompt")
         if not isinstance(prompt, str):
-            raise RequestError(422, "prompt", "prompt must be a string")
+            raise RequestError(422, "prompt", "prompt must be a string (or send messages)")
         tokens = self.worker.tokenizer.encode(prompt).ids
         return web.json_response({"tokens": tokens, "count": len(tokens),
                                   "max_model_len": self.worker.engine.max_seq_len})
@@ -373,3 +403,9 @@ def _usage(sequences: list[Sequence]) -> dict[str, int]:
     prompt = sum(len(s.prompt) for s in sequences)
     completion = sum(len(s.output) for s in sequences)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _gone(request: web.Request) -> bool:
+    """Whether the client has closed its connection (aiohttp does not cancel a handler for it)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()

@@ -69,6 +69,16 @@ def flag(body: dict[str, Any], name: str) -> bool:
     return value
 
 
+def truncate_left(body: dict[str, Any]) -> bool:
+    """``truncate: "left"`` asks that a prompt too long for the context lose its oldest tokens, not be refused."""
+    value = body.get("truncate")
+    if value in (None, "none"):
+        return False
+    if value != "left":
+        raise RequestError(422, "truncate", 'truncate must be "left" or "none"')
+    return True
+
+
 def token_ids(tokens: list[int], vocab_size: int, field: str) -> list[int]:
     """Token ids the model can embed and the tokenizer can decode, else a 400 naming ``field``."""
     for token in tokens:

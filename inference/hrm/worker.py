@@ -82,6 +82,8 @@ class Worker:
         # What the event loop waits on from the scheduler, failed at once should it die.
         self._calls: set[asyncio.Future[Any]] = set()
         self._generations: dict[int, tuple[Sequence, asyncio.Queue[str | None]]] = {}
+        # Called on the event loop as each generation ends, however it ends (the server counts tokens).
+        self.on_generation_done: Callable[[Sequence], None] = lambda sequence: None
 
     # --- the scheduler thread -------------------------------------------------------------
     def start(self) -> None:
@@ -201,6 +203,7 @@ class Worker:
         def done(sequence: Sequence) -> None:
             self._generations.pop(key, None)
             pieces.put_nowait(None)
+            self.on_generation_done(sequence)
 
         sequence = Sequence(prompt, params, on_token=lambda _s, text: self._on_loop(pieces.put_nowait, text),
                             on_done=lambda s: self._on_loop(done, s))
@@ -213,14 +216,21 @@ class Worker:
             raise
         return sequence, pieces
 
-    async def complete(self, prompt: list[int], params: SamplingParams) -> Sequence:
+    async def complete(self, prompt: list[int], params: SamplingParams,
+                       gone: Callable[[], bool] | None = None) -> Sequence:
+        """One whole generation; ``gone`` says when its client has left, and the sequence is then cut short."""
         if params.max_tokens == 0:  # echo-only scoring asks for no new tokens
             sequence = Sequence(prompt, params)
             sequence.finish_reason = "length"
             return sequence
         sequence, pieces = await self.start_generation(prompt, params)
-        while await pieces.get() is not None:
-            pass
+        try:
+            while await pieces.get() is not None:
+                if gone is not None and gone():
+                    sequence.cancelled = True
+        except asyncio.CancelledError:  # the server cancels a handler whose client left
+            sequence.cancelled = True
+            raise
         if sequence.error is not None:
             raise (Unavailable(sequence.error) if self.failure is not None else GenerationFailed(sequence.error))
         return sequence
