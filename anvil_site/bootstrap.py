@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
@@ -32,12 +32,12 @@ def ensure_admin_user() -> AdminAccount:
     the first account is a superuser, and the admin login is reachable wherever Anvil listens.
     """
     users = get_user_model()
-    username = os.environ.get("ANVIL_ADMIN_USER", "admin")
+    username = settings.ANVIL_ADMIN_USER
     with transaction.atomic():
         existing = users.objects.filter(is_superuser=True).order_by("pk").first()
         if existing is not None:
             return AdminAccount(existing.get_username(), created=False, generated_password=None)
-        password = os.environ.get("ANVIL_ADMIN_PASSWORD") or None
+        password = settings.ANVIL_ADMIN_PASSWORD or None
         generated = None
         if password is None:
             generated = password = secrets.token_urlsafe(12)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ E_BOOLEAN = "anvil.E005"
 E_ALLOWED_HOSTS = "anvil.E006"
 E_NUMBER = "anvil.E007"
 E_VAR_DIR = "anvil.E008"
+E_DEVICE = "anvil.E010"
 
 SECRET_KEY_MIN_LENGTH = 32
 
@@ -113,6 +115,15 @@ def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
         _problem(E_NUMBER, name, f"{name}={value} is below the minimum {minimum}.")
         return default
     return value
+
+
+def env_device(name: str, default: str) -> str:
+    """A torch device: cpu, cuda, cuda:N or mps."""
+    raw = os.environ.get(name, default).strip()
+    if re.fullmatch(r"cpu|mps|cuda(:\d+)?", raw):
+        return raw
+    _problem(E_DEVICE, name, f"{name}={raw!r} is not a torch device.", "Use cpu, cuda, cuda:N or mps.")
+    return default
 
 
 def env_list(name: str, default: list[str]) -> list[str]:

@@ -53,6 +53,12 @@ ANVIL_WORKER_CONCURRENCY = env.env_int("ANVIL_WORKER_CONCURRENCY", 2, minimum=1)
 # The checkpoint it serves; "off" starts none. The demo model is committed under models/.
 _HRM_CHECKPOINT = env.env_str("ANVIL_HRM_CHECKPOINT", str(BASE_DIR / "models" / "hrm-demo"))
 ANVIL_HRM_CHECKPOINT = None if _HRM_CHECKPOINT.lower() in ("", "off", "none") else Path(_HRM_CHECKPOINT)
+# The inference worker's torch device and intra-op threads (0: torch's own default).
+ANVIL_DEVICE = env.env_device("ANVIL_DEVICE", "cpu")
+ANVIL_TORCH_THREADS = env.env_int("ANVIL_TORCH_THREADS", 0, minimum=0)
+# The superuser the launcher creates when there is none; a chosen password must pass the validators.
+ANVIL_ADMIN_USER = env.env_str("ANVIL_ADMIN_USER", "admin")
+ANVIL_ADMIN_PASSWORD = env.env_str("ANVIL_ADMIN_PASSWORD", "")
 ANVIL_HRM_PORT = env.env_int("ANVIL_HRM_PORT", 8010, minimum=1)
 ANVIL_HRM_SERVE = env.env_str("ANVIL_HRM_SERVE", "hrm-demo")  # the serve it is registered as
 ANVIL_HRM_TIER = env.env_str("ANVIL_HRM_TIER", "fast")  # only when the serve is first created

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -63,7 +62,9 @@ def chat_template(directory: Path) -> str:
 
 
 class Worker:
-    def __init__(self, engine: Engine, name: str, limits: Limits, template: str = CHAT_TEMPLATE) -> None:
+    def __init__(self, engine: Engine, name: str, limits: Limits, template: str = CHAT_TEMPLATE, *,
+                 threads: int | None = None) -> None:
+        self.threads = threads  # intra-op threads of the scheduler thread; None: torch's default
         self.engine, self.name, self.limits = engine, name, limits
         self.tokenizer = engine.tokenizer
         self.template_source = template
@@ -94,9 +95,8 @@ class Worker:
     def _run(self) -> None:
         try:
             torch.set_grad_enabled(False)
-            threads = os.environ.get("ANVIL_TORCH_THREADS")
-            if threads:
-                torch.set_num_threads(int(threads))
+            if self.threads is not None:
+                torch.set_num_threads(self.threads)
             while True:
                 self._turn()
         except BaseException as exc:  # nothing answers requests any more: say so, and let the process end

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -26,9 +27,9 @@ pytestmark = pytest.mark.django_db
     ("operator-on-call", "The password is too similar to the username."),
 ])
 def test_weak_admin_password_is_refused_naming_the_variable_and_the_complaints(
-        monkeypatch: pytest.MonkeyPatch, password: str, complaint: str) -> None:
-    monkeypatch.setenv("ANVIL_ADMIN_USER", "operator-on-call")
-    monkeypatch.setenv("ANVIL_ADMIN_PASSWORD", password)
+        settings: Any, password: str, complaint: str) -> None:
+    settings.ANVIL_ADMIN_USER = "operator-on-call"
+    settings.ANVIL_ADMIN_PASSWORD = password
     with pytest.raises(AdminPasswordRefused) as refused:
         ensure_admin_user()
     message = str(refused.value)
@@ -38,23 +39,23 @@ def test_weak_admin_password_is_refused_naming_the_variable_and_the_complaints(
     assert not get_user_model().objects.exists()
 
 
-def test_the_launcher_tests_password_passes_and_creates_the_admin(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("ANVIL_ADMIN_USER", raising=False)
-    monkeypatch.setenv("ANVIL_ADMIN_PASSWORD", "launcher-test-pass")  # tests/anvil_site/test_launcher.py's
+def test_the_launcher_tests_password_passes_and_creates_the_admin(settings: Any) -> None:
+    settings.ANVIL_ADMIN_USER = "admin"
+    settings.ANVIL_ADMIN_PASSWORD = "launcher-test-pass"  # tests/anvil_site/test_launcher.py's
     account = ensure_admin_user()
     assert account.created and account.username == "admin" and account.generated_password is None
     assert get_user_model().objects.get(username="admin").check_password("launcher-test-pass")
 
 
-def test_a_generated_password_is_not_validated_away(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("ANVIL_ADMIN_PASSWORD", raising=False)
+def test_a_generated_password_is_not_validated_away(settings: Any) -> None:
+    settings.ANVIL_ADMIN_PASSWORD = ""
     account = ensure_admin_user()
     assert account.created and account.generated_password
 
 
-def test_an_existing_superuser_is_left_alone_whatever_the_variable_says(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_existing_superuser_is_left_alone_whatever_the_variable_says(settings: Any) -> None:
     get_user_model().objects.create_superuser("root", "", "an-earlier-good-password")
-    monkeypatch.setenv("ANVIL_ADMIN_PASSWORD", "1")
+    settings.ANVIL_ADMIN_PASSWORD = "1"
     account = ensure_admin_user()
     assert not account.created and account.username == "root"
 

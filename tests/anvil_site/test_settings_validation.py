@@ -137,3 +137,13 @@ def test_redis_unix_socket_urls_become_kombu_socket_urls() -> None:
     assert env.kombu_url("unix:///var/run/redis.sock") == "redis+socket:///var/run/redis.sock"
     assert env.kombu_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
     assert env.describe_redis("redis://:hunter2@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
+
+
+@pytest.mark.parametrize(("raw", "ok"), [("cpu", True), ("cuda", True), ("cuda:1", True), ("mps", True),
+                                         ("gpu", False), ("cuda:x", False), ("", False)])
+def test_a_torch_device_is_checked(problems: list[env.SettingProblem], monkeypatch: pytest.MonkeyPatch, raw: str,
+                                   ok: bool) -> None:
+    monkeypatch.setenv("ANVIL_DEVICE", raw)
+    device = env.env_device("ANVIL_DEVICE", "cpu")
+    assert device == (raw if ok else "cpu")
+    assert [p.check_id for p in problems] == ([] if ok else ["anvil.E010"])

@@ -21,6 +21,7 @@ import httpx
 import pytest
 import torch
 from aiohttp.test_utils import TestClient, TestServer
+from django.core.management.base import CommandError
 
 from inference.hrm.checkpoint import eos_id, save_checkpoint, train_tokenizer
 from inference.hrm.config import HRMConfig
@@ -29,6 +30,7 @@ from inference.hrm.model import HRM
 from inference.hrm.server import Server
 from inference.hrm.validation import Limits
 from inference.hrm.worker import Worker
+from inference.management.commands.runinference import Command as RunInference
 from tests.support.live import hrm_worker
 from tests.support.processes import ROOT, child_env, free_port, running
 
@@ -154,13 +156,13 @@ def test_an_unexpected_error_is_a_json_500_in_the_routes_shape_and_logged(nan_wo
 # --- a scheduler thread that dies anyway ------------------------------------------------------------
 
 
-def test_readyz_is_503_once_the_scheduler_thread_died(tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    # An unreadable thread count fails the scheduler thread before its guarded loop: outside every guard.
-    monkeypatch.setenv("ANVIL_TORCH_THREADS", "many")
+def test_readyz_is_503_once_the_scheduler_thread_died(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    # torch refuses zero threads: it fails the scheduler thread before its guarded loop, outside every guard
+    # (settings never hand the worker 0: ANVIL_TORCH_THREADS=0 means torch's own default).
     engine = BatchEngine(_tiny().eval(), tokenizer, eos_id=eos_id(tokenizer))
 
     async def scenario() -> tuple[int, dict, int, dict]:
-        worker = Worker(engine, "hrm-dead", Limits(max_tokens=8))
+        worker = Worker(engine, "hrm-dead", Limits(max_tokens=8), threads=0)
         async with TestClient(TestServer(Server(worker).app())) as client:
             worker.start()
             await asyncio.wait_for(worker.died.wait(), 30)
@@ -170,16 +172,24 @@ def test_readyz_is_503_once_the_scheduler_thread_died(tokenizer, monkeypatch: py
             return ready.status, await ready.json(), generate.status, await generate.json()
 
     ready_status, ready, generate_status, generate = asyncio.run(scenario())
-    assert ready_status == 503 and ready["status"] == "failed" and "ValueError" in ready["detail"]
+    assert ready_status == 503 and ready["status"] == "failed" and "set_num_threads" in ready["detail"]
     assert generate_status == 503 and "scheduler stopped" in generate["detail"]  # answered, never left hanging
 
 
+def test_a_dead_scheduler_thread_exits_the_worker_non_zero(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    engine = BatchEngine(_tiny().eval(), tokenizer, eos_id=eos_id(tokenizer))
+    worker = Worker(engine, "hrm-dead", Limits(max_tokens=8), threads=0)
+    with pytest.raises(CommandError, match="scheduler"):  # what makes runinference exit with status 1
+        asyncio.run(RunInference()._serve(worker, "127.0.0.1", free_port()))
+
+
 @pytest.mark.slow
-def test_a_dead_scheduler_thread_exits_the_worker_non_zero(nan_checkpoint: Path, tmp_path: Path) -> None:
+def test_an_unreadable_thread_count_stops_the_worker_naming_the_variable(nan_checkpoint: Path,
+                                                                        tmp_path: Path) -> None:
     argv = [sys.executable, str(ROOT / "manage.py"), "runinference", "--checkpoint", str(nan_checkpoint),
             "--port", str(free_port())]
     log = tmp_path / "worker.log"
     with running(argv, child_env(ANVIL_TORCH_THREADS="many"), log) as process:
         code = process.wait(timeout=90)
     assert code != 0
-    assert "the scheduler thread died" in log.read_text()
+    assert "ANVIL_TORCH_THREADS='many' is not an integer" in log.read_text()

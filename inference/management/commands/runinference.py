@@ -4,14 +4,15 @@ baseline), served on loopback."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 DRAIN_SECONDS = 30.0
+WORKER_VARIABLES = frozenset({"ANVIL_DEVICE", "ANVIL_TORCH_THREADS", "ANVIL_LOG_LEVEL"})
 
 
 class Command(BaseCommand):
@@ -37,7 +38,11 @@ class Command(BaseCommand):
         from inference.hrm.validation import Limits
         from inference.hrm.worker import Worker, chat_template, load_engine
 
-        device = os.environ.get("ANVIL_DEVICE", "cpu")
+        # The worker needs neither the database nor Redis, so it checks only its own variables.
+        problems = [p for p in settings.ANVIL_SETTING_PROBLEMS if p.variable in WORKER_VARIABLES]
+        if problems:
+            raise CommandError("; ".join(f"{p.message} {p.hint}".strip() for p in problems))
+        device = settings.ANVIL_DEVICE
         directory: Path = options["checkpoint"]
         limits = Limits(options["max_tokens"], options["max_batch"], options["max_queue"])
         try:
@@ -45,8 +50,8 @@ class Command(BaseCommand):
         except (CheckpointError, OSError, ValueError) as exc:
             raise CommandError(f"cannot load {directory}: {exc}") from None
         name = options["served_model_name"] or directory.resolve().name
-        asyncio.run(self._serve(Worker(engine, name, limits, chat_template(directory)), options["host"],
-                                options["port"]))
+        worker = Worker(engine, name, limits, chat_template(directory), threads=settings.ANVIL_TORCH_THREADS or None)
+        asyncio.run(self._serve(worker, options["host"], options["port"]))
 
     async def _serve(self, worker: Any, host: str, port: int) -> None:
         from aiohttp import web
