@@ -29,6 +29,7 @@ from anvil_site.dispatch import PathDispatcher  # noqa: E402
 from anvil_site.health import healthz_app, readyz_app  # noqa: E402
 from anvil_site.metrics import MetricsMiddleware, metrics_app  # noqa: E402
 from anvil_site.websockets import websocket_urlpatterns  # noqa: E402
+from inference.consumers.admin import AdminConsumer  # noqa: E402
 from inference.consumers.base import UnknownRouteConsumer  # noqa: E402
 from inference.consumers.models import ModelsConsumer  # noqa: E402
 from inference.consumers.native import CountTokensConsumer, PassThroughConsumer  # noqa: E402
@@ -69,7 +70,8 @@ http_application = PathDispatcher(
         "/tokenize": passthrough,
         "/detokenize": passthrough,
     },
-    prefixes=[("/v1/models/", ModelsConsumer.as_asgi()), ("/v1/", front_door_unknown)],
+    prefixes=[("/v1/admin/", AdminConsumer.as_asgi()), ("/v1/models/", ModelsConsumer.as_asgi()),
+              ("/v1/", front_door_unknown)],
     fallback=django_application,
     fallback_groups=("/admin/", "/api/", "/static/", "/console/"),
 )

@@ -199,6 +199,8 @@ CELERY_BEAT_SCHEDULE = {
     },
     "routing-drain-decisions": {"task": "routing.drain_decisions", "schedule": 1.0, "options": {"expires": 5}},
     "routing-prune-decisions": {"task": "routing.prune_decisions", "schedule": 3600.0},
+    # A loaded serve whose process died is noticed within seconds, not at the next sweep.
+    "serves-watch": {"task": "serves.watch", "schedule": 3.0, "options": {"expires": 3}},
     "routing-mark-stale-profiles": {"task": "routing.mark_stale_profiles", "schedule": 60.0,
                                     "options": {"expires": 55}},
     # A run whose worker died and was not taken over is failed within minutes (evals/runs.py, leases).

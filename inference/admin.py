@@ -2,18 +2,24 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
 from inference.keys import assign_new_secret, revoke_key
-from inference.models import ApiKey
+from inference.models import ApiKey, Scope, default_scopes
+
+
+class ScopesField(forms.MultipleChoiceField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(choices=Scope.choices, widget=forms.CheckboxSelectMultiple, **kwargs)
 
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["name", "prefix", "created_at", "last_used_at", "revoked_at"]
+    list_display = ["name", "prefix", "scopes", "created_at", "last_used_at", "revoked_at"]
     list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "prefix"]
     readonly_fields = ["prefix", "created_at", "last_used_at", "revoked_at"]
@@ -21,8 +27,13 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
         if obj is None:
-            return ["name"]
-        return ["name", "prefix", "created_at", "last_used_at", "revoked_at"]
+            return ["name", "scopes"]
+        return ["name", "scopes", "prefix", "created_at", "last_used_at", "revoked_at"]
+
+    def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "scopes":  # checkboxes, not a JSON text box
+            return ScopesField(required=True, initial=default_scopes())
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
         if not change:

@@ -47,6 +47,7 @@ class Principal:
     key_id: int
     name: str
     prefix: str
+    scopes: frozenset[str] = frozenset({"inference"})
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,9 @@ def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
 
 def _load_active_keys() -> dict[str, _CachedKey]:
     return {
-        row.prefix: _CachedKey(Principal(row.pk, row.name, row.prefix), row.secret_hash)
-        for row in ApiKey.objects.filter(revoked_at__isnull=True).only("pk", "name", "prefix", "secret_hash")
+        row.prefix: _CachedKey(Principal(row.pk, row.name, row.prefix, frozenset(row.scopes or ())), row.secret_hash)
+        for row in ApiKey.objects.filter(revoked_at__isnull=True).only("pk", "name", "prefix", "secret_hash",
+                                                                        "scopes")
     }
 
 

@@ -56,6 +56,27 @@ class RequestTimeout(FrontDoorError):
     default_code = "request_timeout"
 
 
+class PermissionDenied(FrontDoorError):
+    status_code = 403
+    openai_type = "permission_error"
+    anthropic_type = "permission_error"
+    default_code = "insufficient_scope"
+
+
+class Conflict(FrontDoorError):
+    status_code = 409
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    default_code = "conflict"
+
+
+class Unprocessable(FrontDoorError):
+    status_code = 422
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    default_code = "unprocessable"
+
+
 class NotFound(FrontDoorError):
     status_code = 404
     openai_type = "invalid_request_error"

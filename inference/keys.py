@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from inference.models import ApiKey
+from inference.models import ApiKey, Scope, default_scopes
 
 KEY_SCHEME = "anv"
 PREFIX_ALPHABET = string.ascii_lowercase + string.digits
@@ -67,12 +67,16 @@ def assign_new_secret(key: ApiKey) -> str:
     return secret
 
 
-def create_key(name: str) -> MintedKey:
-    """Mint a key named ``name``; the returned secret is the only copy there will ever be."""
+def create_key(name: str, scopes: list[str] | None = None) -> MintedKey:
+    """Mint a key named ``name`` (``scopes``: default inference); the returned secret is the only copy."""
     if ApiKey.objects.filter(name=name).exists():
         raise KeyNameTaken(f"An API key named {name!r} already exists.")
+    chosen = sorted(set(scopes)) if scopes else default_scopes()
+    unknown = sorted(set(chosen) - set(Scope.values))
+    if unknown:
+        raise ApiKeyError(f"Unknown scope {', '.join(unknown)}; the scopes are {', '.join(Scope.values)}.")
     for _attempt in range(5):
-        key = ApiKey(name=name)
+        key = ApiKey(name=name, scopes=chosen)
         secret = assign_new_secret(key)
         try:
             with transaction.atomic():

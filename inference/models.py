@@ -1,7 +1,25 @@
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
+
+
+class Scope(models.TextChoices):
+    """What a key may do: ``inference`` (the front door), ``admin`` (/v1/admin/*), ``evals`` (runs)."""
+
+    INFERENCE = "inference", "inference: the front door"
+    ADMIN = "admin", "admin: load, unload and inspect models (/v1/admin/*)"
+    EVALS = "evals", "evals: start and read eval runs"
+
+
+def default_scopes() -> list[str]:
+    return [Scope.INFERENCE.value]
+
+
+def validate_scopes(value: object) -> None:
+    if not isinstance(value, list) or not value or not all(item in Scope.values for item in value):
+        raise ValidationError(f"scopes is a non-empty list of: {', '.join(Scope.values)}.")
 
 
 class ApiKey(models.Model):
@@ -20,6 +38,8 @@ class ApiKey(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    scopes = models.JSONField(default=default_scopes, validators=[validate_scopes],
+                              help_text="What the key may do: inference (the default), admin, evals.")
 
     class Meta:
         ordering = ["name"]

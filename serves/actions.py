@@ -8,6 +8,8 @@ serve runs at a time, across every worker: the claim is a conditional UPDATE.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -47,14 +49,43 @@ def claim(serve_id: int, action: str) -> str | None:
     A plain ``update``: the claim is not what the serve catalog shows, so it must not bump
     ``updated_at`` (state writes go through ``write_state``, which does).
     """
-    token = uuid.uuid4().hex
+    # host:pid:nonce — a claim whose process died on this host (a SIGKILLed worker) can be taken over
+    # at once by the redelivered task, instead of waiting out CLAIM_LEASE.
+    token = f"{_host()}:{os.getpid()}:{uuid.uuid4().hex[:16]}"
     now = timezone.now()
     taken = (
         Serve.objects.filter(pk=serve_id)
         .filter(Q(busy_token="") | Q(busy_since__lt=now - CLAIM_LEASE))
         .update(busy_token=token, busy_since=now, busy_action=action)
     )
-    return token if taken else None
+    if taken:
+        return token
+    held = Serve.objects.filter(pk=serve_id).values_list("busy_token", flat=True).first()
+    if held and _holder_died(held):
+        taken = Serve.objects.filter(pk=serve_id, busy_token=held).update(busy_token=token, busy_since=now,
+                                                                          busy_action=action)
+        if taken:
+            log.warning("took over serve %s's %s claim from a process that died (%s)", serve_id, action, held)
+            return token
+    return None
+
+
+def _host() -> str:
+    return socket.gethostname()[:32]  # busy_token is 64 characters
+
+
+def _holder_died(token: str) -> bool:
+    host, _, rest = token.partition(":")
+    pid = rest.partition(":")[0]
+    if host != _host() or not pid.isdigit():
+        return False  # another host's claim (or an old token): only its lease can tell
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def release(serve_id: int, token: str) -> None:
@@ -176,20 +207,3 @@ def _record(serve: Serve, action: str, requested_by: str, started: object, outco
         detail=detail[:1000],
     )
     return OperationResult(serve.name, action, outcome, detail, commands, before, after, output_tail, event.pk)
-
-
-def enqueue(action: str, serve_ids: list[int], requested_by: str) -> None:
-    """Queue lifecycle tasks after the current transaction commits, each on its serve's queue."""
-    from django.db import transaction
-
-    from serves import tasks
-
-    task = {"up": tasks.serve_up, "down": tasks.serve_down, "status": tasks.serve_status}[action]
-    queues = dict(Serve.objects.filter(pk__in=serve_ids).values_list("pk", "queue"))
-
-    def send() -> None:
-        for serve_id in serve_ids:
-            options = {"queue": queues[serve_id]} if queues.get(serve_id) else {}
-            task.apply_async((serve_id, requested_by), **options)
-
-    transaction.on_commit(send)

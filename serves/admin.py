@@ -11,8 +11,8 @@ from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from serves.actions import enqueue
 from serves.models import Health, Modality, Serve, ServeEvent
+from serves.tasks import enqueue
 
 STATE_COLOURS = {"running": "#1f7a3d", "paused": "#b54708", "exited": "#5b6475", "missing": "#5b6475",
                  "restarting": "#b42318", "dead": "#b42318", "remote": "#3b5bdb"}

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from django.conf import settings
 
 from anvil_site.snapshots import Snapshot
+from serves import model_states
 from serves.models import Serve
 
 
@@ -36,10 +37,19 @@ class ServeView:
     embeddings: bool = False
     responses_api: bool = False
     stream_verify: str = "profile"
+    # Where the model is: traffic goes only to a loaded serve (an upstream is always loaded).
+    runtime: str = "remote"
+    model_state: str = "loaded"
+    load_error: str = ""
+    state_changed_at: float = 0.0  # epoch seconds; the newer of this and the Redis mirror's wins
 
     @property
     def takes_images(self) -> bool:
         return "image" in self.modalities
+
+    @property
+    def loaded(self) -> bool:
+        return self.model_state == "loaded"
 
 
 def _view(serve: Serve) -> ServeView:
@@ -51,6 +61,8 @@ def _view(serve: Serve) -> ServeView:
         state=serve.state, health=serve.health, created=int(serve.created_at.timestamp()),
         modalities=tuple(serve.modalities or ("text",)), thinking=serve.thinking, embeddings=serve.embeddings,
         responses_api=serve.responses_api, stream_verify=serve.stream_verify,
+        runtime=serve.run_by.value, model_state=serve.current_model_state, load_error=serve.load_error,
+        state_changed_at=serve.state_changed_at.timestamp() if serve.state_changed_at else 0.0,
     )
 
 
@@ -61,3 +73,18 @@ def load_enabled() -> tuple[ServeView, ...]:
 SERVE_CATALOG: Snapshot[tuple[ServeView, ...]] = Snapshot(
     Serve, load_enabled, lambda: settings.ANVIL_SERVE_SYNC_INTERVAL
 )
+
+
+async def current_serves(*, force: bool = False) -> tuple[ServeView, ...]:
+    """The enabled serves with their model states as fresh as the Redis mirror has them (within a second)."""
+    serves = await SERVE_CATALOG.get(force=force)
+    states = model_states.mirror().current()
+    if not states:
+        return serves
+    return tuple(_with_state(serve, states.get(serve.name)) for serve in serves)
+
+
+def _with_state(serve: ServeView, mirrored: model_states.MirroredState | None) -> ServeView:
+    if mirrored is None or serve.runtime == "remote" or mirrored.at <= serve.state_changed_at:
+        return serve
+    return replace(serve, model_state=mirrored.state, load_error=mirrored.error_code, state_changed_at=mirrored.at)

@@ -25,7 +25,8 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from serves.compose import parse_up_command, up_command_text
-from serves.models import MODALITIES, Dialect, Engine, Serve, StreamVerify, Thinking, default_modalities
+from serves.models import MODALITIES, Dialect, Engine, Preset, Serve, StreamVerify, Thinking, default_modalities
+from serves.runtimes.presets import PresetError, check_preset_args
 from serves.upstream_keys import upstream_key_name_problem
 
 
@@ -76,6 +77,19 @@ MODEL_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     "trusted_command": ("trusted_command", (bool,)),
     "compose_file": ("compose_file", (str,)),
     "compose_service": ("compose_service", (str,)),
+    # The pool: how a serve is run (serves/runtimes/) and loaded (serves/loading.py).
+    "runtime": ("runtime", (str,)),
+    "preset": ("preset", (str,)),
+    "preset_args": ("preset_args", (dict,)),
+    "command": ("command", (list,)),
+    "env": ("env", (dict,)),
+    "cwd": ("cwd", (str,)),
+    "library_path": ("library_path", (str,)),
+    "ready_timeout": ("ready_timeout", (int,)),
+    "stop_timeout": ("stop_timeout", (int,)),
+    "drain_timeout": ("drain_timeout", (int,)),
+    "load_constraints": ("load_constraints", (dict,)),
+    "vram_gb": ("vram_gb", (int, float)),
 }
 KNOWN_KEYS = {**SEED_KEYS, **MODEL_KEYS, "up": ("", (str,))}
 REQUIRED_KEYS = ("name", "model")
@@ -88,6 +102,8 @@ MANAGED_DEFAULTS: dict[str, Any] = {
     "quantization": "", "supports_tools": True, "extra_body": {}, "engine_args": [], "api_key_env": "", "queue": "",
     "enabled": True, "modalities": default_modalities(), "thinking": Thinking.NONE, "embeddings": False,
     "responses_api": False, "stream_verify": StreamVerify.PROFILE,
+    "runtime": "", "preset": Preset.CUSTOM, "preset_args": {}, "command": [], "env": {}, "cwd": "", "library_path": "",
+    "ready_timeout": 600, "stop_timeout": 30, "drain_timeout": 30, "load_constraints": {}, "vram_gb": None,
 }
 DIALECT_OF_ENGINE = {Engine.ANTHROPIC: Dialect.ANTHROPIC}
 
@@ -148,7 +164,8 @@ def _parse_entry(entry: dict[str, Any], label: str, manifest_dir: Path) -> dict[
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             expected = " or ".join(t.__name__ for t in types)
             raise ManifestError(f"expected {expected}, got {type(value).__name__}", label, key)
-        if key in ("groups", "engine_args", "modalities") and not all(isinstance(item, str) for item in value):
+        if key in ("groups", "engine_args", "modalities", "command") and not all(isinstance(item, str)
+                                                                                  for item in value):
             raise ManifestError("expected a list of strings", label, key)
         if key == "modalities":  # the model's order, so a reordered list is no change (clean() checks the values)
             value = sorted(value, key=lambda m: MODALITIES.index(m) if m in MODALITIES else len(MODALITIES))
@@ -157,9 +174,16 @@ def _parse_entry(entry: dict[str, Any], label: str, manifest_dir: Path) -> dict[
     key_name_problem = upstream_key_name_problem(row["api_key_env"])
     if key_name_problem is not None:
         raise ManifestError(key_name_problem, label, "api_key_env")
-    for key in ("compose_file",):
+    for key in ("compose_file", "cwd", "library_path"):
         if row[key]:
             row[key] = _expand_dir(row[key], manifest_dir)
+    row["command"] = [_expand_dir(part, manifest_dir) for part in row["command"]]
+    row["preset_args"] = {name: _expand_dir(value, manifest_dir) if isinstance(value, str) else value
+                          for name, value in row["preset_args"].items()}
+    try:
+        check_preset_args(row["preset"], row["preset_args"])
+    except PresetError as exc:
+        raise ManifestError(exc.message, label, exc.field) from None
     if "up" in entry:
         _apply_up(row, _expand_dir(entry["up"], manifest_dir), label)
     if not row["tier"]:
@@ -238,7 +262,9 @@ def _manifest_key(field_name: str) -> str:
 EXPORT_ORDER = ["name", "tier", "engine", "dialect", "container", "port", "base_url", "model", "model_source",
                 "health", "up", "groups", "gpu", "context_limit", "revision", "quantization", "extra_body",
                 "engine_args", "supports_tools", "modalities", "thinking", "embeddings", "responses_api",
-                "stream_verify", "api_key_env", "queue", "enabled", "trusted_command"]
+                "stream_verify", "api_key_env", "queue", "enabled", "trusted_command", "runtime", "preset",
+                "preset_args", "command", "env", "cwd", "library_path", "ready_timeout", "stop_timeout",
+                "drain_timeout", "load_constraints", "vram_gb"]
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 

@@ -70,6 +70,42 @@ class StreamVerify(models.TextChoices):
     OFF = "off", "pass through from the first byte"
 
 
+class Runtime(models.TextChoices):
+    """Who runs the serve (serves/runtimes/): one small interface, picked by this."""
+
+    COMPOSE = "compose", "a container (docker compose)"
+    PROCESS = "process", "a process Anvil starts and supervises"
+    REMOTE = "remote", "an upstream Anvil only relays to"
+
+
+class ModelState(models.TextChoices):
+    """Where a serve's model is: the front door sends traffic only to a loaded one."""
+
+    UNLOADED = "unloaded"
+    LOADING = "loading"
+    LOADED = "loaded"
+    UNLOADING = "unloading"
+    FAILED = "failed"
+
+
+class LoadError(models.TextChoices):
+    NONE = "", "none"
+    START_FAILED = "start_failed", "the runtime could not start it"
+    READY_TIMEOUT = "ready_timeout", "not ready within ready_timeout"
+    EXITED = "exited", "the process exited"
+    OUT_OF_MEMORY = "out_of_memory", "out of memory"
+
+
+class Preset(models.TextChoices):
+    """Engine presets build a process serve's argv from named fields (serves/runtimes/presets.py)."""
+
+    CUSTOM = "", "a command of your own"
+    VLLM = "vllm", "vLLM (python -m vllm.entrypoints.openai.api_server)"
+    LLAMA_CPP = "llama_cpp", "llama.cpp (llama-server, or python -m llama_cpp.server)"
+    SGLANG = "sglang", "SGLang (python -m sglang.launch_server)"
+    RUNINFERENCE = "runinference", "Anvil's in-worker engine (manage.py runinference)"
+
+
 # The fields that say which model answers and how: a change to any of them
 # means earlier measurements of this serve no longer describe it. The context
 # limit here is the operator's only: a probed one (context_limit_probed) is read
@@ -78,7 +114,7 @@ IDENTITY_FIELDS = ("engine", "served_model", "model_source", "revision", "quanti
 
 # What the serve catalog (serves/catalog.py) shows of a serve's last known state. A write that
 # changes one of them must bump updated_at: that is what tells the web processes' snapshot to reload.
-CATALOG_STATE_FIELDS = ("state", "health", "context_limit_probed")
+CATALOG_STATE_FIELDS = ("state", "health", "context_limit_probed", "model_state")
 
 
 class ServeQuerySet(models.QuerySet["Serve"]):
@@ -150,6 +186,38 @@ class Serve(models.Model):
                              help_text="Celery queue of the worker on this serve's Docker host; blank: the default.")
     enabled = models.BooleanField(default=True)
 
+    # How it is run (serves/runtimes/). A process serve's argv comes from a preset's named fields, or
+    # from ``command``; {port} and {dir} are expanded. Its env holds settings, never secrets: a value
+    # written ${NAME} is read from the host's environment when the process starts.
+    runtime = models.CharField(max_length=16, choices=Runtime.choices, blank=True, default="",
+                               help_text="Blank: compose when a container is named, else remote.")
+    preset = models.CharField(max_length=16, choices=Preset.choices, default=Preset.CUSTOM, blank=True)
+    preset_args = models.JSONField(default=dict, blank=True,
+                                   help_text="The preset's named fields, e.g. {\"model\": \"/models/x\", "
+                                   "\"max_model_len\": 4096}.")
+    command = models.JSONField(default=list, blank=True, help_text="A process serve's argv, when no preset builds it.")
+    env = models.JSONField(default=dict, blank=True, help_text="Environment of a process serve (${NAME}: the host's).")
+    cwd = models.CharField(max_length=500, blank=True)
+    library_path = models.CharField(max_length=1000, blank=True, help_text="Prepended to LD_LIBRARY_PATH.")
+    ready_timeout = models.PositiveIntegerField(default=600, help_text="Seconds a load may take before it fails.")
+    stop_timeout = models.PositiveIntegerField(default=30, help_text="Seconds from SIGTERM to SIGKILL.")
+    drain_timeout = models.PositiveIntegerField(default=30, help_text="Seconds an unload waits for requests in flight.")
+    load_constraints = models.JSONField(
+        default=dict, blank=True, help_text='Overrides a load may set, and their ranges: {"max_model_len": '
+        '{"min": 256, "max": 8192}, "extra_args": {"allow": ["--enforce-eager"]}}.')
+    vram_gb = models.FloatField(null=True, blank=True, help_text="Declared GPU memory footprint (GB).")
+    vram_measured_gb = models.FloatField(null=True, blank=True, editable=False,
+                                         help_text="GPU memory that appeared while it last loaded (GB).")
+
+    # Where the model is (model state), written by loads, unloads and the process watch.
+    model_state = models.CharField(max_length=16, choices=ModelState.choices, default=ModelState.UNLOADED,
+                                   editable=False)  # only loads, unloads and the watch move it (serves/loading.py)
+    load_error = models.CharField(max_length=16, choices=LoadError.choices, default=LoadError.NONE, blank=True)
+    last_error = models.TextField(blank=True)
+    live_overrides = models.JSONField(default=dict, blank=True, editable=False,
+                                      help_text="The overrides of the current load (live only: the row is unchanged).")
+    state_changed_at = models.DateTimeField(null=True, blank=True, editable=False)
+
     # Last known state, kept fresh by the status sweep.
     state = models.CharField(max_length=16, choices=DockerState.choices, default=DockerState.UNKNOWN)
     health = models.CharField(max_length=16, choices=Health.choices, default=Health.UNKNOWN)
@@ -176,9 +244,26 @@ class Serve(models.Model):
 
     # --- rules about one row ----------------------------------------------
     @property
+    def run_by(self) -> Runtime:
+        """The runtime in effect: the row's, else compose for a named container, else remote."""
+        if self.runtime:
+            return Runtime(self.runtime)
+        return Runtime.COMPOSE if self.container else Runtime.REMOTE
+
+    @property
     def is_local(self) -> bool:
-        """Anvil runs this serve's container (as opposed to only relaying to it)."""
-        return bool(self.container)
+        """Anvil runs this serve's container (as opposed to only relaying to it, or running a process)."""
+        return self.run_by == Runtime.COMPOSE
+
+    @property
+    def current_model_state(self) -> str:
+        """An upstream Anvil only relays to is always loaded: loading it is not Anvil's to do."""
+        return ModelState.LOADED if self.run_by == Runtime.REMOTE else self.model_state
+
+    @property
+    def is_managed(self) -> bool:
+        """Anvil runs this serve, as a container or a process: it has a model state of its own."""
+        return self.run_by != Runtime.REMOTE
 
     @property
     def uses_compose(self) -> bool:
@@ -218,14 +303,26 @@ class Serve(models.Model):
 
     def clean(self) -> None:
         errors: dict[str, str] = {}
-        if not self.container and not self.base_url:
-            errors["base_url"] = "An upstream Anvil does not run needs a base_url (or give a container and port)."
+        if self.run_by == Runtime.REMOTE and not self.base_url:
+            errors["base_url"] = ("An upstream Anvil does not run needs a base_url (or give a container and port, "
+                                  "or runtime = \"process\" and a command or preset).")
         if self.container and not (self.port or self.base_url):
             errors["port"] = "A local container needs a port (or a base_url)."
         if bool(self.compose_file) != bool(self.compose_service):
             errors["compose_service"] = "compose_file and compose_service go together."
         if self.container and not self.uses_compose and not self.up_command:
             errors["compose_file"] = "A local container needs a compose file and service (or a trusted up_command)."
+        if self.run_by == Runtime.COMPOSE and not self.container:
+            errors["runtime"] = "A compose serve names its container."
+        if self.run_by == Runtime.PROCESS:
+            if not self.port:
+                errors["port"] = "A process serve needs the port it listens on."
+            if not self.preset and not self.command:
+                errors["command"] = "A process serve needs a command (an argv list) or a preset."
+        if not isinstance(self.command, list) or not all(isinstance(a, str) for a in self.command):
+            errors["command"] = "command is a list of strings (an argv), never a shell line."
+        if not isinstance(self.env, dict) or not all(isinstance(v, str) for v in self.env.values()):
+            errors["env"] = "env maps names to strings."
         if not isinstance(self.groups, list) or not all(isinstance(g, str) for g in self.groups):
             errors["groups"] = "groups is a list of names."
         if not isinstance(self.extra_body, dict):

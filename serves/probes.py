@@ -67,19 +67,39 @@ def probe(serve: Serve) -> ProbeResult:
                            context_limit=reported_context_limit(models, serve.served_model))
 
 
-def gpu_memory(gpu: str) -> str:
-    """'used/total MiB' of the serve's GPU from nvidia-smi, or 'unknown' (no GPU, no nvidia-smi, no answer)."""
-    if not gpu or shutil.which("nvidia-smi") is None:
-        return "unknown"
+@dataclass(frozen=True)
+class GPU:
+    index: str
+    uuid: str
+    used_mib: int
+    total_mib: int
+
+
+def gpus() -> list[GPU]:
+    """This host's GPUs as nvidia-smi reports them; [] without nvidia-smi or an answer (never an error)."""
+    if shutil.which("nvidia-smi") is None:
+        return []
     argv = ["nvidia-smi", "--query-gpu=index,uuid,memory.used,memory.total", "--format=csv,noheader,nounits"]
     try:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT)
     except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
+        return []
     if result.returncode != 0:
-        return "unknown"
+        return []
+    found = []
     for line in result.stdout.splitlines():
         parts = [part.strip() for part in line.split(",")]
-        if len(parts) == 4 and gpu in (parts[0], parts[1]):
-            return f"{parts[2]}/{parts[3]} MiB"
-    return "unknown"
+        if len(parts) == 4 and parts[2].isdigit() and parts[3].isdigit():
+            found.append(GPU(parts[0], parts[1], int(parts[2]), int(parts[3])))
+    return found
+
+
+def gpu_of(gpu: str) -> GPU | None:
+    """The GPU a serve names (its UUID or index), if nvidia-smi reports it."""
+    return next((g for g in gpus() if gpu and gpu in (g.index, g.uuid)), None) if gpu else None
+
+
+def gpu_memory(gpu: str) -> str:
+    """'used/total MiB' of the serve's GPU from nvidia-smi, or 'unknown' (no GPU, no nvidia-smi, no answer)."""
+    found = gpu_of(gpu)
+    return f"{found.used_mib}/{found.total_mib} MiB" if found else "unknown"

@@ -1,12 +1,16 @@
-"""Celery tasks for the serve lifecycle: thin wrappers over serves.actions (ids in, dicts out)."""
+"""Celery tasks for the serve lifecycle: thin wrappers over serves.actions and serves.loading (ids in,
+dicts out), and the ``enqueue`` helpers that queue them after the current transaction commits (here,
+not in actions.py: the actions know nothing of Celery, so the two modules import one way)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 
 from celery import shared_task
+from django.db import transaction
 
 from serves.actions import do_lifecycle, do_status
+from serves.loading import do_load, do_unload, watch
 from serves.models import Serve
 
 # A lifecycle operation may pull an image and start an engine: minutes, not seconds.
@@ -36,3 +40,47 @@ def sweep_status() -> int:
     for serve_id in ids:
         do_status(serve_id, "status sweep", record=False)
     return len(ids)
+
+
+# A load waits for the engine to be ready (ready_timeout, up to minutes). acks_late with
+# reject_on_worker_lost: a worker killed mid-load has the task redelivered, and the redelivery
+# takes over the dead worker's claim and adopts the process it started (never a second one).
+@shared_task(name="serves.load", time_limit=LIFECYCLE_TIME_LIMIT, soft_time_limit=LIFECYCLE_TIME_LIMIT - 60,
+             acks_late=True, reject_on_worker_lost=True)
+def serve_load(serve_id: int, overrides: dict[str, object] | None, requested_by: str) -> dict[str, object]:
+    return asdict(do_load(serve_id, overrides, requested_by))
+
+
+@shared_task(name="serves.unload", time_limit=LIFECYCLE_TIME_LIMIT, soft_time_limit=LIFECYCLE_TIME_LIMIT - 60,
+             acks_late=True, reject_on_worker_lost=True)
+def serve_unload(serve_id: int, requested_by: str) -> dict[str, object]:
+    return asdict(do_unload(serve_id, requested_by))
+
+
+@shared_task(name="serves.watch", time_limit=60, soft_time_limit=50)
+def watch_serves() -> int:
+    """Every few seconds under beat: a loaded serve whose process died is failed with its log's tail."""
+    return watch()
+
+
+_TASKS = {"up": serve_up, "down": serve_down, "status": serve_status, "unload": serve_unload}
+
+
+def enqueue(action: str, serve_ids: list[int], requested_by: str) -> None:
+    """Queue lifecycle tasks after the current transaction commits, each on its serve's queue."""
+    task = _TASKS[action]
+    queues = dict(Serve.objects.filter(pk__in=serve_ids).values_list("pk", "queue"))
+
+    def send() -> None:
+        for serve_id in serve_ids:
+            options = {"queue": queues[serve_id]} if queues.get(serve_id) else {}
+            task.apply_async((serve_id, requested_by), **options)
+
+    transaction.on_commit(send)
+
+
+def enqueue_load(serve_id: int, overrides: dict[str, object], requested_by: str) -> None:
+    """Queue one load (with its live overrides) after the current transaction commits."""
+    queue = Serve.objects.filter(pk=serve_id).values_list("queue", flat=True).first()
+    options = {"queue": queue} if queue else {}
+    transaction.on_commit(lambda: serve_load.apply_async((serve_id, overrides, requested_by), **options))

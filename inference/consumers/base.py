@@ -21,6 +21,7 @@ from inference.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    PermissionDenied,
     RequestTimeout,
     error_body,
     error_event,
@@ -64,6 +65,7 @@ class FrontDoorConsumer(AsyncHttpConsumer):
     dialect: Dialect = Dialect.OPENAI
     methods: frozenset[str] = frozenset({"POST"})
     authenticated = True
+    scope_required = "inference"  # what the key must be allowed (inference/models.py Scope)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         self.scope = scope
@@ -133,6 +135,9 @@ class FrontDoorConsumer(AsyncHttpConsumer):
                 allowed = ", ".join(sorted(self.methods))
                 raise MethodNotAllowed(f"{self.scope['method']} is not allowed here; use {allowed}.")
             principal = await KEY_CACHE.authenticate(presented_key(headers)) if self.authenticated else None
+            if principal is not None and self.scope_required not in principal.scopes:
+                raise PermissionDenied(f"This API key ({principal.name}) does not have the {self.scope_required} "
+                                       f"scope; it has: {', '.join(sorted(principal.scopes))}.")
             await self.respond(body, principal)
         except FrontDoorError as error:
             await self._answer_error(error)

@@ -8,8 +8,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from serves.actions import do_lifecycle, do_status, enqueue
+from serves.actions import do_lifecycle, do_status
 from serves.models import Serve, ServeEvent
+from serves.tasks import enqueue
 from tests.support.celery_worker import celery_worker
 from tests.support.waiting import wait_for
 

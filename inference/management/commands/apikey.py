@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.text import slugify
 
 from inference.keys import ApiKeyError, create_key, revoke_key
-from inference.models import ApiKey
+from inference.models import ApiKey, Scope
 
 
 class Command(BaseCommand):
@@ -18,6 +18,8 @@ class Command(BaseCommand):
         sub = parser.add_subparsers(dest="action", required=True)
         create = sub.add_parser("create", help="Mint a key; its secret is printed once, as the last line.")
         create.add_argument("name")
+        create.add_argument("--scope", action="append", choices=Scope.values, dest="scopes",
+                            help="What the key may do (repeatable): inference (the default), admin, evals.")
         sub.add_parser("list", help="List keys (prefixes only; secrets are never stored).")
         revoke = sub.add_parser("revoke", help="Revoke a key; it stops working within a second.")
         revoke.add_argument("name")
@@ -26,7 +28,7 @@ class Command(BaseCommand):
         action = options["action"]
         try:
             if action == "create":
-                self._create(options["name"])
+                self._create(options["name"], options["scopes"])
             elif action == "list":
                 self._list()
             else:
@@ -35,23 +37,24 @@ class Command(BaseCommand):
         except ApiKeyError as exc:
             raise CommandError(str(exc)) from None
 
-    def _create(self, name: str) -> None:
+    def _create(self, name: str, scopes: list[str] | None) -> None:
         if slugify(name) != name:
             raise CommandError(f"Key names are slugs (letters, digits, - and _); try {slugify(name)!r}.")
-        minted = create_key(name)
+        minted = create_key(name, scopes)
         self.stderr.write(
-            f"Created API key {minted.key.name} ({minted.key.prefix}…). "
+            f"Created API key {minted.key.name} ({minted.key.prefix}…, scopes {', '.join(minted.key.scopes)}). "
             "Copy the secret below now: Anvil keeps only its hash."
         )
         self.stdout.write(minted.secret)
 
     def _list(self) -> None:
-        rows = [("NAME", "PREFIX", "CREATED", "LAST USED", "STATE")]
+        rows = [("NAME", "PREFIX", "SCOPES", "CREATED", "LAST USED", "STATE")]
         for key in ApiKey.objects.order_by("name"):
             rows.append(
                 (
                     key.name,
                     key.prefix,
+                    ",".join(key.scopes),
                     f"{key.created_at:%Y-%m-%d %H:%M}",
                     f"{key.last_used_at:%Y-%m-%d %H:%M}" if key.last_used_at else "never",
                     "revoked" if key.is_revoked else "active",

@@ -1,4 +1,9 @@
-"""python manage.py serves up|down|status [NAME…] [--group G] [--dry-run] | import FILE | export [FILE] | render"""
+"""python manage.py serves up|down|status [NAME…] [--group G] [--dry-run] | load NAME [--set K=V …] | unload NAME |
+import FILE | export [FILE] | render
+
+``load`` and ``unload`` drive the model states (serves/loading.py) and wait for the outcome, with a
+live line on a terminal; ``--queue`` hands them to the serve's host worker instead. ``up`` and ``down``
+stay the compose lifecycle's verbs."""
 
 from __future__ import annotations
 
@@ -9,11 +14,14 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from serves.actions import OperationResult, do_lifecycle, do_status, enqueue
+from serves.actions import OperationResult, do_lifecycle, do_status
 from serves.compose import render_compose
 from serves.lifecycle import start_hint
+from serves.loading import InvalidLoadRequest, do_load, do_unload
 from serves.manifest import ManifestError, export_manifest, import_manifest
 from serves.models import DockerState, Serve
+from serves.operations import LoadConflict, request_load, request_unload
+from serves.tasks import enqueue
 
 UNKNOWN_NAME_EXIT = 2
 
@@ -32,6 +40,14 @@ class Command(BaseCommand):
             if verb != "status":
                 p.add_argument("--dry-run", action="store_true", help="print what would run; start nothing")
                 p.add_argument("--queue", action="store_true", help="enqueue Celery tasks instead of running here")
+        p = sub.add_parser("load", help="load a serve's model and wait until it is ready (or failed)")
+        p.add_argument("name")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                       help="a live-only override within the serve's load_constraints (repeatable; JSON values)")
+        p.add_argument("--queue", action="store_true", help="enqueue a Celery task instead of loading here")
+        p = sub.add_parser("unload", help="drain a serve's requests, then stop it")
+        p.add_argument("name")
+        p.add_argument("--queue", action="store_true", help="enqueue a Celery task instead of unloading here")
         p = sub.add_parser("import", help="create or update serves from a serves.toml (all or nothing)")
         p.add_argument("file", type=Path)
         p = sub.add_parser("export", help="write the serves as serves.toml (stdout when no FILE)")
@@ -47,6 +63,8 @@ class Command(BaseCommand):
             self._export(options["file"])
         elif verb == "render":
             self._write(render_compose(list(Serve.objects.all())), options["out"])
+        elif verb in ("load", "unload"):
+            self._load_or_unload(verb, options)
         else:
             serves = self._select(options["names"], options.get("group"))
             if verb == "status":
@@ -76,6 +94,28 @@ class Command(BaseCommand):
         return chosen
 
     # --- verbs -----------------------------------------------------------------
+    def _load_or_unload(self, verb: str, options: dict[str, Any]) -> None:
+        serve = self._select([options["name"]], None)[0]
+        overrides = _parse_overrides(options.get("overrides") or []) if verb == "load" else {}
+        if options["queue"]:
+            try:
+                if verb == "load":
+                    requested = request_load(serve.name, overrides, "cli")
+                else:
+                    requested = request_unload(serve.name, "cli")
+            except (InvalidLoadRequest, LoadConflict) as exc:
+                raise CommandError(f"serves {verb} {serve.name}: {exc}") from None
+            queued = "queued" if requested.accepted else "nothing to do"
+            self.stdout.write(f"{serve.name}: {queued} ({requested.serve['state']})")
+            return
+        if verb == "load":
+            result = do_load(serve.pk, overrides, "cli")
+        else:
+            result = do_unload(serve.pk, "cli")
+        self._print(result, False)
+        if result.outcome in ("failed", "refused", "busy"):
+            raise CommandError(f"serves {verb} {serve.name}: {result.outcome}")
+
     def _lifecycle(self, verb: str, serves: list[Serve], dry_run: bool) -> None:
         failed = False
         for serve in serves:
@@ -130,3 +170,19 @@ class Command(BaseCommand):
         else:
             path.write_text(text)
             self.stderr.write(f"wrote {path}")
+
+
+def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``--set max_model_len=2048 --set extra_args='["--enforce-eager"]'``: values read as JSON, else text."""
+    import json
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise CommandError(f"--set takes KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(raw)
+        except ValueError:
+            out[key] = raw
+    return out

@@ -1,0 +1,115 @@
+"""Model states mirrored in Redis, so every web process sees a load or an unload within a second.
+
+The database holds each serve's ``model_state`` (and every transition as a ``ServeEvent``); the
+serve catalog's table check would see a change too, but only at its own pace and at the cost of a
+database query per check. Here, whoever changes a state (a load, an unload, the process watch)
+writes it to a Redis hash and bumps a version key; each web process reads the version (one GET)
+at most every ``CHECK_SECONDS``, in the background, and the hash only when the version moved.
+Without Redis, the catalog's own state (from the database) stands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import weakref
+from dataclasses import dataclass
+
+import redis
+import redis.asyncio
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+CHECK_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class MirroredState:
+    state: str
+    error_code: str = ""
+    detail: str = ""
+    at: float = 0.0  # when it changed (epoch seconds): the newer of this and the database's wins
+
+
+def _keys() -> tuple[str, str]:
+    prefix = settings.ANVIL_REDIS_PREFIX
+    return f"{prefix}:model-states", f"{prefix}:model-states:version"
+
+
+def publish(serve: str, state: str, error_code: str = "", detail: str = "", at: float | None = None) -> None:
+    """Record a serve's new state for every web process (from a task or a command; synchronous)."""
+    states, version = _keys()
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=settings.ANVIL_REDIS_TIMEOUT,
+                                  socket_connect_timeout=settings.ANVIL_REDIS_TIMEOUT)
+    try:
+        with client.pipeline() as pipe:
+            pipe.hset(states, serve, json.dumps({"state": state, "error_code": error_code, "detail": detail[:300],
+                                                 "at": time.time() if at is None else at}))
+            pipe.incr(version)
+            pipe.execute()
+    except redis.RedisError:
+        # The database has the state; the web processes' catalogs catch up from it.
+        log.warning("could not mirror %s's state %s to Redis", serve, state, exc_info=True)
+    finally:
+        client.close()
+
+
+def forget(serve: str) -> None:
+    """A deleted or renamed serve: drop its mirrored state."""
+    states, version = _keys()
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=settings.ANVIL_REDIS_TIMEOUT)
+    try:
+        client.hdel(states, serve)
+        client.incr(version)
+    except redis.RedisError:
+        log.warning("could not forget %s's mirrored state", serve, exc_info=True)
+    finally:
+        client.close()
+
+
+class StateMirror:
+    """A web process's copy of the mirrored states, refreshed in the background (never on a request's time)."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, MirroredState] = {}
+        self.version: bytes | None = None
+        self.checked_at = float("-inf")
+        self.task: asyncio.Task[None] | None = None
+        self.client: redis.asyncio.Redis | None = None
+
+    def current(self) -> dict[str, MirroredState]:
+        now = time.monotonic()
+        if now - self.checked_at >= CHECK_SECONDS and (self.task is None or self.task.done()):
+            self.checked_at = now
+            self.task = asyncio.ensure_future(self.refresh())
+        return self.states
+
+    async def refresh(self) -> None:
+        states, version = _keys()
+        try:
+            if self.client is None:
+                self.client = redis.asyncio.from_url(settings.REDIS_URL, socket_timeout=settings.ANVIL_REDIS_TIMEOUT,
+                                                     socket_connect_timeout=settings.ANVIL_REDIS_TIMEOUT)
+            seen = await self.client.get(version)
+            if seen == self.version and self.version is not None:
+                return
+            raw = await self.client.hgetall(states)
+        except Exception:
+            log.debug("model states unavailable from Redis; the catalog's stand", exc_info=True)
+            return
+        self.states = {name.decode(): MirroredState(**json.loads(value)) for name, value in raw.items()}
+        self.version = seen
+
+
+_mirrors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, StateMirror] = weakref.WeakKeyDictionary()
+
+
+def mirror() -> StateMirror:
+    loop = asyncio.get_running_loop()
+    found = _mirrors.get(loop)
+    if found is None:
+        found = _mirrors[loop] = StateMirror()
+    return found
