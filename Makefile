@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # fetching the newest CUDA build for the `torch>=…` range in pyproject.toml.
 TORCH  ?= torch==2.13.0
 
-.PHONY: run test install check clean
+.PHONY: run test install engines check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,13 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) manage.py runstack
 
-test: $(STAMP)
+# The real engines tests/engines runs against (vLLM on the CPU, llama.cpp's server, and the tiny
+# Llama they serve), each in a venv of its own under ~/.cache/anvil-engines (ANVIL_ENGINES_DIR).
+# Built once, 15-20 minutes on 2 cores; on a warm machine it checks three stamps and builds nothing.
+engines: $(STAMP)
+	$(PY) -m tests.support.engines build
+
+test: $(STAMP) engines
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 check: $(STAMP)
