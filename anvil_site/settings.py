@@ -205,6 +205,8 @@ CELERY_BEAT_SCHEDULE = {
                                     "options": {"expires": 55}},
     # A run whose worker died and was not taken over is failed within minutes (evals/runs.py, leases).
     "evals-reap-abandoned-runs": {"task": "evals.reap_abandoned_runs", "schedule": 60.0, "options": {"expires": 55}},
+    # Live calibration: sampled answers go to their judge within seconds, well inside their TTL.
+    "evals-drain-calibration": {"task": "evals.drain_calibration", "schedule": 10.0, "options": {"expires": 9}},
 }
 
 # --- Docker and Compose (the serve lifecycle) -------------------------------
@@ -268,6 +270,8 @@ ANVIL_DECISION_RETENTION_ROWS = env.env_int("ANVIL_DECISION_RETENTION_ROWS", 1_0
 # A worker running an eval run holds a lease on it this long, renewed every sixth of it; a lease that
 # lapses means the worker died: a redelivery of the task takes the run over, else the reaper fails it.
 ANVIL_EVAL_LEASE_SECONDS = env.env_float("ANVIL_EVAL_LEASE_SECONDS", 45.0, minimum=2.0)
+# Live calibration: how long a sampled request/answer pair may wait in Redis for its judge (then it is gone).
+ANVIL_CALIBRATION_SAMPLE_TTL = env.env_float("ANVIL_CALIBRATION_SAMPLE_TTL", 3600.0, minimum=1.0)
 # A profile cell leaves its default verdict only once this many samples were graded: one bad answer is no verdict.
 ANVIL_PROFILE_MIN_SAMPLES = env.env_int("ANVIL_PROFILE_MIN_SAMPLES", 5, minimum=1)
 

@@ -5,13 +5,14 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
+from evals import calibration
 from evals.errors import EvalError
-from evals.models import EvalCase, EvalResult, EvalRun, EvalSuite, Grade, ProfilePromotion
+from evals.models import CalibrationSetting, EvalCase, EvalResult, EvalRun, EvalSuite, Grade, ProfilePromotion
 from evals.review import accept_grade
 from evals.runs import cancel_run, enqueue_run, rerun
 
 STATUS_COLOURS = {"queued": "#5b6475", "running": "#3b5bdb", "succeeded": "#1f7a3d", "failed": "#b42318",
-                  "cancelled": "#b54708"}
+                  "cancelled": "#b54708", "gate_failed": "#b42318"}
 REVIEW_COLOURS = {"pending": "#b54708", "accepted": "#1f7a3d", "overridden": "#3b5bdb"}
 
 
@@ -182,3 +183,47 @@ class ProfilePromotionAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+
+@admin.register(CalibrationSetting)
+class CalibrationSettingAdmin(admin.ModelAdmin):
+    """Live calibration's switch: saved and deleted through evals/calibration.py, so turning sampling off
+    (rate 0, or deleting the row) deletes the waiting samples."""
+
+    list_display = ["serve", "work_class", "rate_percent", "judge_serve", "waiting", "updated_by", "updated_at"]
+    list_filter = ["work_class", "serve"]
+    fields = ["serve", "work_class", "rate", "judge_serve"]
+    actions = ["turn_off"]
+
+    @admin.display(description="rate", ordering="rate")
+    def rate_percent(self, row: CalibrationSetting) -> str:
+        return f"{row.rate:.2%}" if row.rate else "off"
+
+    @admin.display(description="samples waiting")
+    def waiting(self, row: CalibrationSetting) -> int:
+        return calibration.pending(row.serve.name, row.work_class)
+
+    def save_model(self, request: HttpRequest, obj: CalibrationSetting, form: object, change: bool) -> None:
+        try:
+            saved = calibration.set_sampling(obj.serve.name, obj.work_class, obj.rate,
+                                             judge=obj.judge_serve.name if obj.judge_serve else None,
+                                             by=f"admin:{request.user.get_username()}")
+        except EvalError as exc:  # the form's clean() catches the same; a race may not
+            self.message_user(request, str(exc), messages.ERROR)
+            return
+        obj.pk = saved.pk
+
+    def delete_model(self, request: HttpRequest, obj: CalibrationSetting) -> None:
+        calibration.forget_setting(obj.pk)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[CalibrationSetting]) -> None:
+        for row in queryset:
+            calibration.forget_setting(row.pk)
+
+    @admin.action(description="Turn sampling off (deletes the waiting samples)", permissions=["change"])
+    def turn_off(self, request: HttpRequest, queryset: QuerySet[CalibrationSetting]) -> None:
+        for row in queryset.select_related("serve"):
+            calibration.set_sampling(row.serve.name, row.work_class, 0.0,
+                                     by=f"admin:{request.user.get_username()}")
+        self.message_user(request, f"Sampling off for {queryset.count()} settings; waiting samples deleted.",
+                          messages.SUCCESS)

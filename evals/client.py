@@ -23,9 +23,13 @@ REQUEST_TIMEOUT = httpx.Timeout(300.0, connect=5.0)
 
 
 class TargetRefused(EvalError):
-    """The target answered a request with an error status of its own."""
+    """The target answered a request with an error status of its own (``status``; None: not a chat completion)."""
 
     status_code = 502
+
+    def __init__(self, message: str, *, hint: str = "", status: int | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
 
 
 @dataclass
@@ -79,7 +83,8 @@ class Client:
             raise unavailable(self.target, f"{type(exc).__name__}: {exc}") from None
         latency = time.perf_counter() - started
         if response.status_code >= 400:
-            raise TargetRefused(f"{self.target.label} answered {response.status_code}: {response.text[:300]}")
+            raise TargetRefused(f"{self.target.label} answered {response.status_code}: {response.text[:300]}",
+                                status=response.status_code)
         try:
             payload = response.json()
             choice = payload["choices"][0]

@@ -87,6 +87,16 @@ class CandidateChanged(ProfileError):
     default_code = "candidate_changed"
 
 
+class ConfirmationRequired(ProfileError):
+    """A profile change that would lock out a work class or a serve: the operator must confirm it, seeing why."""
+
+    default_code = "confirmation_required"
+
+    def __init__(self, message: str, *, warnings: list[str], hint: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.warnings = warnings
+
+
 class RunCancelled(Exception):
     """Raised between cases when an operator asked the run to stop.
 

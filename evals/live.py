@@ -37,11 +37,24 @@ MAX_WATCHED = 200
 
 
 def progress_message(progress: Progress) -> dict[str, Any]:
-    """What a page receives: the same shape for a live update and for a snapshot of a row."""
+    """What a page receives: the same shape for a live update and for a snapshot of a row.
+
+    A finished run's message carries its final status and gate together (both written in one
+    UPDATE), so a page never shows a finished run with a status or gate it does not end with.
+    """
+    finished = progress.status in EvalRun.FINISHED
     return {"type": "progress", "run": progress.run_id, "kind": progress.kind, "status": progress.status,
+            "status_label": progress.status.replace("_", " "),
             "done": progress.done, "total": progress.total, "note": progress.note,
             "percent": _percent(progress.done, progress.total, progress.status),
-            "finished": progress.status in EvalRun.FINISHED}
+            "finished": finished, "gate": gate_word(progress.gate_passed, finished)}
+
+
+def gate_word(gate_passed: bool | None, finished: bool) -> str:
+    """How a page names a run's gate: passed, failed, none (the run has no gate) or pending."""
+    if gate_passed is not None:
+        return "passed" if gate_passed else "failed"
+    return "none" if finished else "pending"
 
 
 def progress_percent(run: EvalRun) -> int:
@@ -52,17 +65,17 @@ def progress_percent(run: EvalRun) -> int:
 def _percent(done: int, total: int, status: str) -> int:
     if total:
         return min(100, round(100 * done / total))
-    # A run that succeeded with no cases is complete; one that failed before counting them is not.
-    return 100 if status == EvalRun.Status.SUCCEEDED else 0
+    # A run that ran to its end with no cases is complete; one that failed before counting them is not.
+    return 100 if status in EvalRun.COMPLETED else 0
 
 
 def snapshot(run_ids: Iterable[int]) -> list[dict[str, Any]]:
     """The stored progress of these runs (what a page missed before its socket opened)."""
     ids = sorted({int(pk) for pk in run_ids})[:MAX_WATCHED]
     rows = EvalRun.objects.filter(pk__in=ids).values_list("pk", "kind", "status", "progress_done",
-                                                          "progress_total", "progress_note")
-    return [progress_message(Progress(pk, kind, status, done, total, note, True))
-            for pk, kind, status, done, total, note in rows]
+                                                          "progress_total", "progress_note", "gate_passed")
+    return [progress_message(Progress(pk, kind, status, done, total, note, True, gate))
+            for pk, kind, status, done, total, note, gate in rows]
 
 
 class ProgressPublisher:

@@ -4,7 +4,8 @@ Per request, streamed: TTFT is the time from sending to the first content token;
 sending to the last; ITL every gap between successive content chunks; TPOT (E2EL - TTFT) / (output
 tokens - 1). Per level: request throughput is completed requests over the level's duration (first
 send to last completion), output throughput is output tokens over the same. Requests go out at a
-fixed concurrency (a closed loop) or at a Poisson rate (an open loop: arrivals do not wait).
+fixed concurrency (a closed loop), at a Poisson rate (an open loop: arrivals do not wait), or at
+recorded times (a replayed request file: each request leaves at its offset from the first).
 
 Runs on its own event loop in its own thread (``run_level``), so the runner's thread stays free to
 report progress and to notice a cancellation, which stops the level's requests at once.
@@ -18,7 +19,7 @@ import random
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,7 @@ class Level:
     requests: int
     concurrency: int | None = None
     rate: float | None = None  # requests per second, Poisson
+    offsets: tuple[float, ...] | None = None  # a replay at its recorded pace: each request's send time, seconds
 
 
 async def _one(session: aiohttp.ClientSession, url: str, body: dict[str, Any], headers: dict[str, str]
@@ -103,32 +105,45 @@ async def _one(session: aiohttp.ClientSession, url: str, body: dict[str, Any], h
     return record
 
 
+async def _until(deadline: float, stop: threading.Event) -> None:
+    """Sleep until ``deadline`` (perf_counter), waking to notice ``stop``: a recording may pause for minutes."""
+    while not stop.is_set():
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            return
+        await asyncio.sleep(min(left, 0.2))
+
+
 async def _level(url: str, body: dict[str, Any], headers: dict[str, str], level: Level, seed: int,
-                 stop: threading.Event, on_done: Callable[[RequestRecord], None]) -> tuple[list[RequestRecord], float]:
+                 stop: threading.Event, on_done: Callable[[RequestRecord], None],
+                 requests: Sequence[tuple[str, dict[str, Any]]] | None = None) -> tuple[list[RequestRecord], float]:
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT)
     connector = aiohttp.TCPConnector(limit=0)
     records: list[RequestRecord] = []
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         gate = asyncio.Semaphore(level.concurrency) if level.concurrency else None
 
-        async def send() -> None:
+        async def send(index: int) -> None:
+            where, payload = requests[index % len(requests)] if requests else (url, body)
             if gate is not None:
                 async with gate:
-                    record = await _one(session, url, body, headers)
+                    record = await _one(session, where, payload, headers)
             else:
-                record = await _one(session, url, body, headers)
+                record = await _one(session, where, payload, headers)
             records.append(record)
             on_done(record)
 
         started = time.perf_counter()
         rng = random.Random(seed)
         tasks = []
-        for _ in range(level.requests):
+        for index in range(level.requests):
+            if level.offsets is not None:
+                await _until(started + level.offsets[index % len(level.offsets)], stop)
+            elif level.rate:
+                await asyncio.sleep(rng.expovariate(level.rate))
             if stop.is_set():
                 break
-            if level.rate:
-                await asyncio.sleep(rng.expovariate(level.rate))
-            tasks.append(asyncio.ensure_future(send()))
+            tasks.append(asyncio.ensure_future(send(index)))
         pending = set(tasks)
         while pending and not stop.is_set():
             _, pending = await asyncio.wait(pending, timeout=0.2)
@@ -139,9 +154,12 @@ async def _level(url: str, body: dict[str, Any], headers: dict[str, str], level:
 
 
 def run_level(url: str, body: dict[str, Any], headers: dict[str, str], level: Level, *, seed: int,
-              stop: threading.Event, on_done: Callable[[RequestRecord], None]) -> tuple[list[RequestRecord], float]:
-    """Drive one level to its end (or until ``stop`` is set) on a fresh event loop in this thread."""
-    return asyncio.run(_level(url, body, headers, level, seed, stop, on_done))
+              stop: threading.Event, on_done: Callable[[RequestRecord], None],
+              requests: Sequence[tuple[str, dict[str, Any]]] | None = None) -> tuple[list[RequestRecord], float]:
+    """Drive one level to its end (or until ``stop`` is set) on a fresh event loop in this thread.
+
+    ``requests``: (URL, body) pairs sent in turn (a replay) instead of ``url`` and ``body`` every time."""
+    return asyncio.run(_level(url, body, headers, level, seed, stop, on_done, requests))
 
 
 def distribution(values: list[float]) -> dict[str, float]:
@@ -161,7 +179,8 @@ def summarize(level: Level, records: list[RequestRecord], duration: float) -> di
     done = [r for r in records if r.ok]
     tokens = sum(r.output_tokens for r in done)
     return {
-        "label": level.label, "concurrency": level.concurrency, "rate": level.rate, "requests": len(records),
+        "label": level.label, "concurrency": level.concurrency, "rate": level.rate,
+        **({"replayed_at_recorded_pace": True} if level.offsets is not None else {}), "requests": len(records),
         "completed": len(done), "failed": len(records) - len(done), "duration_s": round(duration, 4),
         "request_throughput": round(len(done) / duration, 4) if duration > 0 else 0.0,
         "output_throughput": round(tokens / duration, 4) if duration > 0 else 0.0,

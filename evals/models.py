@@ -18,6 +18,8 @@ class RunKind(models.TextChoices):
     BENCHMARK = "benchmark"
     PLANNING = "planning"
     BOOTSTRAP = "bootstrap"
+    JUDGE = "judge"  # a judge serve grades another run's answers (evals/runners/judge.py)
+    CALIBRATION = "calibration"  # sampled live traffic graded by a judge (evals/calibration.py)
 
 
 # What a case's grader spec may name; the graders themselves live with the runners that use them.
@@ -32,6 +34,10 @@ class EvalSuite(models.Model):
     name = models.SlugField(max_length=100, unique=True)
     kind = models.CharField(max_length=16, choices=RunKind.choices)
     description = models.TextField(blank=True)
+    judge_serve = models.ForeignKey(Serve, on_delete=models.SET_NULL, null=True, blank=True,
+                                    related_name="judged_suites",
+                                    help_text="The serve that grades this suite's answers on a rubric, unless a "
+                                    "run names another (it never grades its own answers).")
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -83,10 +89,14 @@ class EvalRun(models.Model):
         QUEUED = "queued"
         RUNNING = "running"
         SUCCEEDED = "succeeded"
+        # Ran to its end, and its gate failed: its results are measurements like a succeeded run's.
+        GATE_FAILED = "gate_failed", "gate failed"
         FAILED = "failed"
         CANCELLED = "cancelled"
 
-    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+    FINISHED = (Status.SUCCEEDED, Status.GATE_FAILED, Status.FAILED, Status.CANCELLED)
+    # Runs that went through all their cases: only their results measure anything.
+    COMPLETED = (Status.SUCCEEDED, Status.GATE_FAILED)
 
     kind = models.CharField(max_length=16, choices=RunKind.choices)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
@@ -153,7 +163,10 @@ class EvalResult(models.Model):
         PASS = "pass"
         FAIL = "fail"
         GRADED = "graded"  # a score, not pass/fail (a plan, a replayed measurement)
-        ERROR = "error"
+        ERROR = "error"  # the serve failed answering (a 5xx): not graded, but the gate counts it
+        # The check could not run (its prompt does not fit the context, the serve refused parameters of ours,
+        # our own timeout): a fault of the harness, never a grade of the serve.
+        HARNESS_ERROR = "harness_error", "harness error"
         # A blank answer cut off by max_tokens says the reasoning budget ran out, not that the model was wrong.
         BUDGET_EXHAUSTED = "budget-exhausted", "reasoning budget exhausted"
         SKIPPED = "skipped"
@@ -200,6 +213,7 @@ class Grade(models.Model):
         VERIFIER = "verifier"
         JUDGE = "judge"
         OPERATOR = "operator"
+        CALIBRATION = "calibration"  # a judge's grade of a sampled live answer; counts once accepted
 
     class Review(models.TextChoices):
         PENDING = "pending"
@@ -231,16 +245,73 @@ class Grade(models.Model):
 
 
 class ProfilePromotion(models.Model):
-    """The audit row of one promotion of the candidate quality profile to live."""
+    """One version of the live quality profile: made by a promotion or a revert, or kept before one.
 
+    ``entries`` is the live profile as this version made it (or, for ``kept``, as it was before
+    the change that followed), so any version can be restored; rows from before versions were
+    kept have none.
+    """
+
+    class Action(models.TextChoices):
+        PROMOTE = "promote"
+        REVERT = "revert"
+        # The live profile as it was before a promotion or revert (imported, or never promoted), kept to restore.
+        KEPT = "kept"
+
+    action = models.CharField(max_length=16, choices=Action.choices, default=Action.PROMOTE)
     promoted_by = models.CharField(max_length=150)
     promoted_at = models.DateTimeField(default=timezone.now)
-    candidate_token = models.CharField(max_length=64, help_text="Digest of the candidate that was promoted.")
+    candidate_token = models.CharField(max_length=64, blank=True,
+                                       help_text="Digest of the diff that was promoted or reverted.")
     counts = models.JSONField(default=dict, help_text="{added, changed, removed, unchanged}")
     changes = models.JSONField(default=list, help_text="The cells that were added, changed or removed.")
+    entries = models.JSONField(null=True, blank=True, help_text="The live profile's rows as this version made "
+                               "them; blank for promotions from before versions were kept.")
+    restored_from = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True,
+                                      related_name="restorations", help_text="The version a revert restored.")
 
     class Meta:
         ordering = ["-promoted_at", "-pk"]
+        verbose_name = "profile version"
 
     def __str__(self) -> str:
-        return f"promotion by {self.promoted_by} at {self.promoted_at:%Y-%m-%d %H:%M}"
+        return f"profile version {self.pk} ({self.action} by {self.promoted_by} at {self.promoted_at:%Y-%m-%d %H:%M})"
+
+    @property
+    def restorable(self) -> bool:
+        return self.entries is not None
+
+
+class CalibrationSetting(models.Model):
+    """Live calibration of one serve in one work class: the share of its live requests sampled for a judge.
+
+    The sampled request/answer pairs live in Redis only (a short TTL, deleted once graded); only the
+    judge's scores reach the database (evals/calibration.py). Rate 0 is off.
+    """
+
+    serve = models.ForeignKey(Serve, on_delete=models.CASCADE, related_name="calibration_settings")
+    work_class = models.CharField(max_length=32, choices=WorkClass.choices)
+    rate = models.FloatField(default=0.0, validators=UNIT_INTERVAL,
+                             help_text="Share of this serve's live requests in this work class that are sampled, "
+                             "0 to 1 (0.01 is 1 %). 0: off.")
+    judge_serve = models.ForeignKey(Serve, on_delete=models.SET_NULL, null=True, blank=True,
+                                    related_name="calibration_judging",
+                                    help_text="The serve that grades the samples (never the sampled serve itself).")
+    updated_by = models.CharField(max_length=150, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["serve__name", "work_class"]
+        constraints = [
+            models.UniqueConstraint(fields=["serve", "work_class"], name="one_calibration_setting_per_cell"),
+            models.CheckConstraint(condition=Q(rate__gte=0.0) & Q(rate__lte=1.0), name="calibration_rate_0_to_1"),
+        ]
+
+    def __str__(self) -> str:
+        return f"calibration of {self.serve.name} / {self.work_class}: {self.rate:.2%}"
+
+    def clean(self) -> None:
+        if self.rate and self.judge_serve_id is None:
+            raise ValidationError({"judge_serve": "sampling needs a judge serve to grade the samples."})
+        if self.judge_serve_id is not None and self.judge_serve_id == self.serve_id:
+            raise ValidationError({"judge_serve": "a serve never judges its own answers: choose another judge."})

@@ -20,7 +20,17 @@ from evals import launch
 from evals.charts import Bin, Series, bar_chart, histogram, histogram_bins
 from evals.live import progress_percent
 from evals.models import EvalResult, EvalRun, Grade, ProfilePromotion
-from evals.profile_loop import CellChange, ProfileDiff, profile_diff
+from evals.profile_loop import (
+    CellChange,
+    CellKey,
+    Insufficient,
+    ProfileChangePlan,
+    ProfileDiff,
+    current_version,
+    insufficient_cells,
+    min_samples,
+    profile_diff,
+)
 from evals.review import review_queue
 from routing.models import ProfileEntry, WorkClass
 from routing.staleness import changed_fields
@@ -29,6 +39,8 @@ from serves.models import Serve
 RUNS_PER_PAGE = 25
 RESULTS_PER_PAGE = 50
 GRADES_PER_PAGE = 20
+VERSIONS_SHOWN = 20  # the profile page's list; `manage.py profile versions` lists them all
+HARNESS_ERRORS_SHOWN = 100
 
 # What the benchmark runner writes into run.summary["capacity"], one entry per level.
 LATENCY_METRICS = (("ttft_ms", "Time to first token"), ("tpot_ms", "Time per output token"),
@@ -115,6 +127,8 @@ class RunPage:
     histograms: list[Histogram]
     capacity: Capacity | None
     quality: list[tuple[str, Any]]
+    harness_errors: list[EvalResult] = field(default_factory=list)  # checks that could not run, apart
+    harness_error_count: int = 0
 
 
 def _number(raw: Any) -> float | None:
@@ -195,17 +209,21 @@ def run_page(run: EvalRun, results_page: str | int | None) -> RunPage:
         _histogram("Time to first token of its results", [t[1] for t in timings if t[1] is not None], "s"),
     ) if found is not None]
     verdicts = Counter(results.values_list("verdict", flat=True))
+    harness = results.filter(verdict=EvalResult.Verdict.HARNESS_ERROR)
     return RunPage(
         run=run, percent=progress_percent(run),
         parameters=json.dumps(run.parameters, indent=2, sort_keys=True),
         summary_lines=[str(line) for line in lines] if isinstance(lines, list) else [],
         summary_rest=json.dumps({k: v for k, v in summary.items() if k not in SUMMARY_DRAWN_ELSEWHERE},
                                 indent=2, sort_keys=True, default=str),
-        verdicts=sorted(verdicts.items()),
+        verdicts=sorted((verdict, count) for verdict, count in verdicts.items()
+                        if verdict != EvalResult.Verdict.HARNESS_ERROR),
         results=Paginator(results, RESULTS_PER_PAGE).get_page(results_page),
         histograms=histograms,
         capacity=capacity(summary),
         quality=quality_rows(summary),
+        harness_errors=list(harness[:HARNESS_ERRORS_SHOWN]),
+        harness_error_count=verdicts.get(EvalResult.Verdict.HARNESS_ERROR, 0),
     )
 
 
@@ -235,10 +253,16 @@ def review_counts() -> dict[str, int]:
 
 # --- the profile: candidate beside live ---------------------------------------------
 @dataclass(frozen=True)
+class MatrixCell:
+    change: CellChange | None  # None where neither profile has the cell
+    insufficient: Insufficient | None = None  # the grades speak for it, too few to count (candidate side)
+
+
+@dataclass(frozen=True)
 class MatrixRow:
     kind: str
     subject: str
-    cells: list[CellChange | None]  # one per work class; None where neither profile has the cell
+    cells: list[MatrixCell]  # one per work class
 
 
 @dataclass(frozen=True)
@@ -266,15 +290,36 @@ class ProfilePage:
     stale: list[StaleServe]
     last_promotion: ProfilePromotion | None
     reeval_kind: str
+    insufficient: list[Insufficient] = field(default_factory=list)
+    min_samples: int = 0
+    versions: list[VersionRow] = field(default_factory=list)
 
 
-def matrix_rows(diff: ProfileDiff, work_classes: list[str]) -> list[MatrixRow]:
-    """Subjects (serves, then tiers, by name) by work class, each cell the change from live to candidate."""
+@dataclass(frozen=True)
+class VersionRow:
+    version: ProfilePromotion
+    live: bool  # its rows are the live profile now
+
+
+def matrix_rows(diff: ProfileDiff, work_classes: list[str],
+                insufficient: dict[CellKey, Insufficient] | None = None) -> list[MatrixRow]:
+    """Subjects (serves, then tiers, by name) by work class, each cell the change from live to candidate,
+    and, where the candidate has no row, the cells with too few samples for a verdict."""
+    insufficient = insufficient or {}
     by_subject: dict[tuple[str, str], dict[str, CellChange]] = {}
     for change in diff.changes:
         by_subject.setdefault((change.kind, change.subject), {})[change.work_class] = change
-    return [MatrixRow(kind, subject, [cells.get(work_class) for work_class in work_classes])
-            for (kind, subject), cells in sorted(by_subject.items())]
+    for kind, subject, _ in insufficient:
+        by_subject.setdefault((kind, subject), {})
+    rows = []
+    for (kind, subject), cells in sorted(by_subject.items()):
+        row = []
+        for work_class in work_classes:
+            change = cells.get(work_class)
+            thin = insufficient.get((kind, subject, work_class))
+            row.append(MatrixCell(change, thin if change is None or change.candidate is None else None))
+        rows.append(MatrixRow(kind, subject, row))
+    return rows
 
 
 def stale_serves() -> list[StaleServe]:
@@ -304,9 +349,29 @@ def stale_serves() -> list[StaleServe]:
 def profile_page() -> ProfilePage:
     diff = profile_diff()
     work_classes = list(WorkClass.values)
+    thin = insufficient_cells()
+    versions = list(ProfilePromotion.objects.select_related("restored_from")[:VERSIONS_SHOWN])
+    live = current_version(versions)
     return ProfilePage(
-        diff=diff, work_classes=work_classes, rows=matrix_rows(diff, work_classes),
+        diff=diff, work_classes=work_classes, rows=matrix_rows(diff, work_classes, thin),
         changes=[change for change in diff.changes if change.status != "unchanged"], counts=diff.counts(),
-        stale=stale_serves(), last_promotion=ProfilePromotion.objects.first(), reeval_kind=launch.REEVAL_KIND,
+        stale=stale_serves(), last_promotion=next((v for v in versions if v.action != v.Action.KEPT), None),
+        reeval_kind=launch.REEVAL_KIND, insufficient=[thin[key] for key in sorted(thin)], min_samples=min_samples(),
+        versions=[VersionRow(version, live is not None and version.pk == live.pk) for version in versions],
     )
+
+
+@dataclass(frozen=True)
+class ConfirmPage:
+    """What a promotion or a revert would change, to confirm: the changed cells and the warnings by name."""
+
+    plan: ProfileChangePlan
+    changes: list[CellChange]
+    counts: dict[str, int]
+    stale_token: bool  # the diff changed since the page the operator came from was drawn
+
+
+def confirm_page(plan: ProfileChangePlan, seen_token: str = "") -> ConfirmPage:
+    return ConfirmPage(plan, [c for c in plan.diff.changes if c.status != "unchanged"], plan.diff.counts(),
+                       bool(seen_token) and seen_token != plan.diff.token)
 

@@ -1,7 +1,8 @@
 """The preflight checks: what each asks a model, and how its answer is judged. Pure: no HTTP here.
 
-* needle: a passphrase hidden at a given depth of a haystack of a given length; the answer must
-  contain it (long context, the large-prefill path);
+* needle: a passphrase hidden at a given depth of a haystack of a given length in characters
+  (the runner sizes it in tokens with the serve's own tokenizer, evals/serve_tokens.py); the
+  answer must contain it (long context, the large-prefill path);
 * tools: a batch of requests sharing one long prefix (system prompt and tool catalog), each asking
   for a different city; each answer must call the named tool with valid JSON arguments naming it;
 * json: a reply constrained by a JSON schema; it must parse and carry the required keys, typed;
@@ -21,7 +22,7 @@ from typing import Any
 from evals.client import Answer, parsed_arguments
 from routing.models import WorkClass
 
-CHARS_PER_TOKEN = 4  # a haystack sized in characters: the target's tokenizer is not ours to run
+NEEDLE_MAX_TOKENS = 32  # the passphrase and little else
 FILLER = (
     "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
     "A river runs through the valley, and the mill turns slowly in the evening light. "
@@ -54,6 +55,10 @@ class Probe:
     params: dict[str, Any]
     expect: dict[str, Any] = field(default_factory=dict)
     needs_tools: bool = False
+    # Why the check cannot run on this serve (its prompt does not fit the context): recorded as a
+    # harness error, never sent.
+    unrunnable: str = ""
+    sizing: dict[str, Any] = field(default_factory=dict)  # how its prompt was sized, for the result's details
 
 
 @dataclass(frozen=True)
@@ -62,16 +67,18 @@ class Judgement:
     reason: str
 
 
-def needle(context_tokens: int, depth: float, seed: int) -> Probe:
+def needle(context_tokens: int, depth: float, seed: int, chars: int) -> Probe:
+    """The needle check named for ``context_tokens``, its haystack ``chars`` characters long."""
     rng = random.Random(seed)
     secret = f"{rng.choice(['amber', 'cobalt', 'juniper', 'saffron', 'tundra'])}-{rng.randrange(1000, 9999)}"
-    size = max(200, context_tokens * CHARS_PER_TOKEN)
+    size = max(200, chars)
     hay = (FILLER * (size // len(FILLER) + 1))[:size]
     at = hay.rfind(". ", 0, int(size * depth)) + 2 if size * depth > 2 else 0
     text = f"{hay[:at]}The secret passphrase is {secret}. {hay[at:]}"
     question = "What is the secret passphrase in the text above? Answer with the passphrase only."
     return Probe("needle", f"needle {context_tokens} tokens @ {depth:.0%}", WorkClass.LONG_CONTEXT,
-                 [{"role": "user", "content": f"{text}\n\n{question}"}], {"max_tokens": 32, "temperature": 0},
+                 [{"role": "user", "content": f"{text}\n\n{question}"}],
+                 {"max_tokens": NEEDLE_MAX_TOKENS, "temperature": 0},
                  {"secret": secret})
 
 

@@ -22,10 +22,13 @@ kind does the work through a ``RunContext``: it records results and grades as it
 goes, reports progress (written to the row at most every
 ``PROGRESS_WRITE_INTERVAL``; every change is handed to the listeners, e.g. a
 terminal progress bar or a websocket group), and between cases checks whether an
-operator asked it to stop. Whatever happens, the run ends succeeded, failed
-(with the error) or cancelled; it is never left running by an exception. A run
-that ends succeeded updates the candidate quality profile in the same
-transaction (the profile loop counts succeeded runs only).
+operator asked it to stop. Whatever happens, the run ends succeeded,
+gate_failed (it ran all its cases and its gate failed), failed (with the error)
+or cancelled; it is never left running by an exception, and its status is
+written once, with its gate and summary, so no page ever sees it finished
+in a state it does not end in. A run that ran to its end (succeeded or
+gate_failed) updates the candidate quality profile in the same transaction (the
+profile loop counts those runs only).
 
 Runners are looked up by kind and imported lazily (the web process never pays
 for a runner it does not start). A runner module provides::
@@ -117,6 +120,8 @@ register(RunnerSpec("preflight", "evals.runners.preflight",
 register(RunnerSpec("benchmark", "evals.runners.benchmark",
                     "capacity (TTFT, TPOT, ITL, latency, throughput) and quality with a pass-rate floor",
                     needs_target=True))
+register(RunnerSpec("judge", "evals.runners.judge",
+                    "a judge serve grades another run's answers on a rubric (grades wait for review)"))
 
 
 def runner_spec(kind: str) -> RunnerSpec:
@@ -147,6 +152,7 @@ class Progress:
     total: int
     note: str
     persisted: bool  # written to the row now (listeners that publish may publish only these)
+    gate_passed: bool | None = None  # the run's gate once it finished (None: no gate, or not finished)
 
 
 ProgressListener = Callable[[Progress], None]
@@ -505,18 +511,16 @@ def execute_run(run_id: int, *, listeners: Sequence[ProgressListener] = (),
         interrupted = Status.CANCELLED if isinstance(exc, KeyboardInterrupt) else Status.FAILED
         _finish(ctx, interrupted, error=f"interrupted ({type(exc).__name__})")
         raise
+    ended = Status.GATE_FAILED if outcome.gate_passed is False else Status.SUCCEEDED
     try:
         with transaction.atomic():
-            finished = _finish(ctx, Status.SUCCEEDED, summary=outcome.summary, gate_passed=outcome.gate_passed,
-                               tell=False)
+            finished = _finish(ctx, ended, summary=outcome.summary, gate_passed=outcome.gate_passed, tell=False)
             if outcome.updates_profile:
                 from evals.profile_loop import refresh_candidate
 
                 refreshed = refresh_candidate()
                 finished.summary["candidate_profile"] = asdict(refreshed)
-                finished.summary.setdefault("lines", []).append(
-                    f"candidate profile: {refreshed.created} cells added, {refreshed.changed} changed, "
-                    f"{refreshed.unchanged} unchanged (review the diff, then promote)")
+                finished.summary.setdefault("lines", []).append(refreshed.describe())
                 finished.save(update_fields=["summary"])
     except Exception as exc:
         log.exception("eval run %s: could not update the candidate profile", run_id)
@@ -548,7 +552,7 @@ def _finish(ctx: RunContext, status: str, *, summary: dict[str, Any] | None = No
 
 
 def _final_progress(run: EvalRun) -> Progress:
-    return Progress(run.pk, run.kind, run.status, run.progress_done, run.progress_total, "", True)
+    return Progress(run.pk, run.kind, run.status, run.progress_done, run.progress_total, "", True, run.gate_passed)
 
 
 def _tell(listeners: Sequence[ProgressListener], progress: Progress) -> None:

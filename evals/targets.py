@@ -53,6 +53,19 @@ def resolve_target(*, serve: str | None = None, base_url: str | None = None, mod
     raise BadTarget("a target is needed: --serve NAME, or --base-url URL with --model M")
 
 
+def tier_targets(tier: str) -> list[Target]:
+    """Every enabled serve of ``tier`` (by name), each a target; an unknown or empty tier is refused
+    naming the tiers there are."""
+    serves = [serve for serve in Serve.objects.filter(tier=tier, enabled=True).order_by("name")
+              if serve.effective_base_url]
+    if not serves:
+        tiers = sorted(set(Serve.objects.filter(enabled=True).values_list("tier", flat=True)))
+        raise UnknownServe(f"no enabled serve in tier {tier!r}",
+                           hint=f"tiers: {', '.join(tiers)}" if tiers else
+                           "import a serves.toml first: python manage.py serves import FILE")
+    return [target_of_serve(serve) for serve in serves]
+
+
 def target_from_run_fields(serve_id: int | None, base_url: str, model: str) -> Target | None:
     """The target a stored run names (its serve re-read, so a changed port is followed), or None."""
     if serve_id is not None:

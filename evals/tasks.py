@@ -9,10 +9,12 @@ them on a clock measures nothing new.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from celery import Task, shared_task
 
+from evals.calibration import LOCK_SECONDS, drain_samples
 from evals.live import ProgressPublisher
 from evals.runs import execute_run, reap_abandoned_runs, run_for_task
 from evals.targets import resolve_target
@@ -58,3 +60,11 @@ def scheduled_run(self: Task, kind: str, serve: str = "", base_url: str = "", mo
 @shared_task(name="evals.reap_abandoned_runs", time_limit=120, soft_time_limit=90)
 def reap_abandoned() -> int:
     return reap_abandoned_runs()
+
+
+# Beat runs it every 10 s (a queued one expires after 9); a lock in Redis keeps it to one at a time, and
+# the soft limit stops a drain (slow judges) before that lock lapses: the next drain takes the rest.
+@shared_task(name="evals.drain_calibration", time_limit=LOCK_SECONDS, soft_time_limit=LOCK_SECONDS - 60)
+def drain_calibration() -> dict[str, object]:
+    """Send waiting live-calibration samples to their judges; the grades wait in the review queue."""
+    return asdict(drain_samples())

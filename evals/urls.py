@@ -18,5 +18,6 @@ urlpatterns = [
     path("review/<int:grade_id>/override/", views.override, name="override"),
     path("profile/", views.profile, name="profile"),
     path("profile/promote/", views.promote, name="promote"),
+    path("profile/versions/<int:version_id>/revert/", views.revert, name="revert"),
     path("serves/<slug:serve>/reeval/", views.reeval, name="reeval"),
 ]

@@ -14,13 +14,15 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from evals import launch, pages
 from evals.errors import EvalError
 from evals.forms import OverrideForm, PromoteForm, StartRunForm
 from evals.models import EvalRun, Grade
 from evals.profile_loop import promote as promote_candidate
+from evals.profile_loop import promotion_plan, revert_plan
+from evals.profile_loop import revert as revert_live
 from evals.review import accept_grade, override_grade
 from evals.runs import RUNNERS, cancel_run
 
@@ -156,23 +158,62 @@ def profile(request: HttpRequest) -> HttpResponse:
     return render(request, "evals/profile.html", {"page": pages.profile_page()})
 
 
+def _confirmed(request: HttpRequest) -> bool:
+    """The confirmation page's button says yes; a bare POST (an old page, a script) is not a confirmation."""
+    return request.POST.get("confirmed") == "yes"
+
+
 @staff_member_required
-@require_POST
+@require_http_methods(["GET", "POST"])
 def promote(request: HttpRequest) -> HttpResponse:
+    """GET: what promoting would change, with its warnings, to confirm. POST (confirmed): promote."""
+    if request.method == "GET":
+        return render(request, "evals/confirm_profile.html", {
+            "page": pages.confirm_page(promotion_plan(), request.GET.get("token", "")), "action": "promote"})
     form = PromoteForm(request.POST)
     if not form.is_valid():
         messages.error(request, f"Not promoted: {_form_errors(form)}")
         return redirect("evals:profile")
+    if not _confirmed(request):
+        messages.warning(request, "Not promoted yet: confirm the change below.")
+        return HttpResponseRedirect(reverse("evals:promote") + "?" + urlencode({"token": form.cleaned_data["token"]}))
     try:
-        done = promote_candidate(promoted_by=_who(request), expected_token=form.cleaned_data["token"])
+        done = promote_candidate(promoted_by=_who(request), expected_token=form.cleaned_data["token"], confirmed=True)
     except EvalError as exc:
         messages.error(request, f"Not promoted: {exc.describe()}")
     else:
         counts = done.counts
-        messages.success(request, f"Promoted the candidate profile to live: {counts.get('added', 0)} cells added, "
-                                  f"{counts.get('changed', 0)} changed, {counts.get('removed', 0)} removed. "
-                                  "Routing uses it from its next profile check.")
+        messages.success(request, f"Promoted the candidate profile to live (version {done.pk}): "
+                                  f"{counts.get('added', 0)} cells added, {counts.get('changed', 0)} changed, "
+                                  f"{counts.get('removed', 0)} removed. Routing uses it from its next profile "
+                                  "check; revert it from the versions below.")
     return redirect("evals:profile")
+
+
+@staff_member_required
+@require_http_methods(["GET", "POST"])
+def revert(request: HttpRequest, version_id: int) -> HttpResponse:
+    """GET: what restoring version ``version_id`` would change, to confirm. POST (confirmed): revert."""
+    if request.method == "GET":
+        try:
+            plan = revert_plan(version_id)
+        except EvalError as exc:
+            messages.error(request, f"Cannot revert: {exc.describe()}")
+            return HttpResponseRedirect(reverse("evals:profile") + "#versions")
+        return render(request, "evals/confirm_profile.html", {"page": pages.confirm_page(plan), "action": "revert"})
+    form = PromoteForm(request.POST)
+    if not form.is_valid() or not _confirmed(request):
+        messages.warning(request, "Not reverted yet: confirm the change below.")
+        return redirect("evals:revert", version_id=version_id)
+    try:
+        done = revert_live(version_id, reverted_by=_who(request), expected_token=form.cleaned_data["token"],
+                           confirmed=True)
+    except EvalError as exc:
+        messages.error(request, f"Not reverted: {exc.describe()}")
+    else:
+        messages.success(request, f"Reverted the live profile to version {version_id} (now version {done.pk}). "
+                                  "Routing uses it from its next profile check.")
+    return HttpResponseRedirect(reverse("evals:profile") + "#versions")
 
 
 @staff_member_required

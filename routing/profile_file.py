@@ -1,8 +1,13 @@
-"""profile.json (schema version 2): the quality profile as a file, to review, diff, and carry between sites."""
+"""profile.json (schema version 2): the quality profile as a file, to review, diff, and carry between sites.
+
+The same rows are what a profile version keeps (evals/profile_loop.py): ``entry_rows`` writes
+them, ``entries_from_rows`` reads them back, checked as an import is.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from django.db import transaction
@@ -20,12 +25,24 @@ class ProfileFileError(ValueError):
     pass
 
 
-def export_profile(profile: str) -> str:
-    entries = []
-    for entry in ProfileEntry.objects.filter(profile=profile).order_by("kind", "subject", "work_class"):
+def entry_rows(entries: Iterable[ProfileEntry]) -> list[dict[str, Any]]:
+    """Rows as JSON values, sorted by cell (kind, subject, work class)."""
+    rows = []
+    for entry in sorted(entries, key=lambda e: (e.kind, e.subject, e.work_class)):
         row = {name: getattr(entry, name) for name in ENTRY_FIELDS}
         row["measured_at"] = entry.measured_at.isoformat() if entry.measured_at else None
-        entries.append(row)
+        rows.append(row)
+    return rows
+
+
+def entries_from_rows(rows: Iterable[Any], profile: str) -> list[ProfileEntry]:
+    """Unsaved entries of ``profile`` from rows (``entry_rows``' or a file's), each checked; raises
+    ``ProfileFileError`` naming the first bad one."""
+    return [ProfileEntry(profile=profile, **_entry(row, index)) for index, row in enumerate(rows)]
+
+
+def export_profile(profile: str) -> str:
+    entries = entry_rows(ProfileEntry.objects.filter(profile=profile))
     document = {"schema_version": SCHEMA_VERSION, "profile": profile, "exported_at": timezone.now().isoformat(),
                 "entries": entries}
     return json.dumps(document, indent=2, sort_keys=False) + "\n"
@@ -68,7 +85,7 @@ def import_profile(text: str, profile: str) -> int:
         raise ProfileFileError(f"not valid JSON: {exc}") from None
     if not isinstance(document, dict) or document.get("schema_version") != SCHEMA_VERSION:
         raise ProfileFileError(f"schema_version must be {SCHEMA_VERSION}")
-    rows = [_entry(row, index) for index, row in enumerate(document.get("entries") or [])]
+    entries = entries_from_rows(document.get("entries") or [], profile)
     ProfileEntry.objects.filter(profile=profile).delete()
-    ProfileEntry.objects.bulk_create([ProfileEntry(profile=profile, **row) for row in rows])
-    return len(rows)
+    ProfileEntry.objects.bulk_create(entries)
+    return len(entries)

@@ -7,11 +7,17 @@ asked ``--repeats`` times; the pass rate must reach ``--min-pass-rate``. A blank
 ``max_tokens`` is recorded as reasoning budget exhausted and left out of the pass rate, not counted
 as wrong. Every request is a result row (latency histograms on the run's page); quality answers
 are verifier grades of the serve's ``chat`` cell.
+
+``--replay FILE`` replays a recorded request file (``evals/replay.py``: JSONL of OpenAI request
+bodies) for capacity instead of the one prompt: at its recorded pace when every line has a time
+(``ts`` or ``at``) and no ``--rate``/``--concurrency`` is given, else at each chosen ``--rate``
+(Poisson) and ``--concurrency``. Every level sends the file's requests once, in order.
 """
 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 from django.core.management.base import CommandParser
@@ -21,12 +27,13 @@ from evals.errors import BadParameters, BadTarget
 from evals.load import Level, RequestRecord, run_level, summarize
 from evals.models import EvalResult
 from evals.parameters import from_options, number, reject_unknown, whole
+from evals.replay import Replay, load_replay
 from evals.runs import RunContext, RunOutcome
 from evals.targets import check_reachable
 from routing.models import WorkClass
 
 PARAMETERS = ("concurrency", "rates", "requests", "max_tokens", "prompt", "ignore_eos", "repeats",
-              "min_pass_rate", "temperature", "parts", "min_output_throughput")
+              "min_pass_rate", "temperature", "parts", "min_output_throughput", "replay")
 PARTS = ("capacity", "quality")
 DEFAULT_PROMPT = "Explain in a short paragraph what a load balancer does and why services use one."
 QUESTIONS = (
@@ -52,6 +59,9 @@ def add_arguments(parser: CommandParser) -> None:
     parser.add_argument("--min-output-throughput", type=float, metavar="TOK_S",
                         help="gate: every level's output tokens/s must reach this")
     parser.add_argument("--part", action="append", dest="parts", choices=PARTS, help="run only this part")
+    parser.add_argument("--replay", type=Path, metavar="FILE",
+                        help="capacity from a recorded request file (JSONL of request bodies, optional ts/at): at "
+                             "its recorded pace, or at each --rate / --concurrency given")
 
 
 def parameters_from_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -61,8 +71,13 @@ def parameters_from_options(options: dict[str, Any]) -> dict[str, Any]:
 def clean_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     reject_unknown("benchmark", parameters, PARAMETERS)
     p = parameters
+    replay = p.get("replay")
+    if replay is not None and (not isinstance(replay, str) or not replay):
+        raise BadParameters("replay is the path of a request file")
+    # A replay keeps its recorded pace unless a rate or a concurrency is asked for.
+    concurrency = p.get("concurrency", [] if replay else [1, 4])
     clean: dict[str, Any] = {
-        "concurrency": [whole(c, "concurrency", 1, 1024) for c in _list(p.get("concurrency", [1, 4]), "concurrency")],
+        "concurrency": [whole(c, "concurrency", 1, 1024) for c in _list(concurrency, "concurrency")],
         "rates": [number(r, "rates", 0.01, 10_000) for r in _list(p.get("rates", []), "rates")],
         "requests": whole(p.get("requests", 16), "requests", 1, 100_000),
         "max_tokens": whole(p.get("max_tokens", 64), "max_tokens", 1, 1_000_000),
@@ -77,7 +92,14 @@ def clean_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
         raise BadParameters("prompt is a non-empty string")
     if set(_list(p.get("parts", list(PARTS)), "parts")) - set(PARTS) or not clean["parts"]:
         raise BadParameters(f"parts are drawn from {', '.join(PARTS)}")
-    if "capacity" in clean["parts"] and not clean["concurrency"] and not clean["rates"]:
+    if replay is not None:
+        replay = str(Path(replay).resolve())  # the same file whichever directory the run is started from
+        recorded = load_replay(replay)  # refused now, naming the line, rather than when a worker runs it
+        clean["replay"] = replay
+        if recorded.offsets is None and not clean["concurrency"] and not clean["rates"]:
+            raise BadParameters(f"replay file {replay} has no recorded times (ts or at)",
+                                hint="choose a pace: --rate R or --concurrency N")
+    elif "capacity" in clean["parts"] and not clean["concurrency"] and not clean["rates"]:
         raise BadParameters("capacity needs at least one concurrency level or rate")
     if p.get("min_output_throughput") is not None:
         clean["min_output_throughput"] = number(p["min_output_throughput"], "min_output_throughput", 0, 1e9)
@@ -95,15 +117,19 @@ def execute(ctx: RunContext) -> RunOutcome:
         raise BadTarget("benchmark needs a target: --serve NAME, or --base-url URL with --model M")
     p = clean_parameters(ctx.parameters)
     check_reachable(ctx.target)
-    levels = ([Level(f"c={c}", p["requests"], concurrency=c) for c in p["concurrency"]]
-              + [Level(f"rate={r:g}/s", p["requests"], rate=r) for r in p["rates"]]
-              if "capacity" in p["parts"] else [])
+    replay = load_replay(p["replay"]) if p.get("replay") and "capacity" in p["parts"] else None
+    levels = _levels(p, replay) if "capacity" in p["parts"] else []
     quality = [(q, a) for q, a in QUESTIONS for _ in range(p["repeats"])] if "quality" in p["parts"] else []
     ctx.set_total(sum(level.requests for level in levels) + len(quality))
     summary: dict[str, Any] = {"lines": []}
+    if replay is not None:
+        summary["replay"] = {"file": replay.path, "sha256": replay.sha256, "bytes": replay.size,
+                             "requests": len(replay.requests), "recorded_span_s": replay.recorded_span}
+        summary["lines"].append(f"replay: {len(replay.requests)} requests from {replay.path}"
+                                + (f" recorded over {replay.recorded_span:.1f} s" if replay.offsets else ""))
     gate = True
     if levels:
-        summary["capacity"] = [_capacity(ctx, level, p, index) for index, level in enumerate(levels)]
+        summary["capacity"] = [_capacity(ctx, level, p, index, replay) for index, level in enumerate(levels)]
         for level in summary["capacity"]:
             ttft, tpot = level["ttft_ms"].get("p50", float("nan")), level["tpot_ms"].get("p50", float("nan"))
             summary["lines"].append(
@@ -127,7 +153,31 @@ def execute(ctx: RunContext) -> RunOutcome:
     return RunOutcome(summary=summary, gate_passed=gate)
 
 
-def _capacity(ctx: RunContext, level: Level, p: dict[str, Any], index: int) -> dict[str, Any]:
+def _levels(p: dict[str, Any], replay: Replay | None) -> list[Level]:
+    if replay is None:
+        return ([Level(f"c={c}", p["requests"], concurrency=c) for c in p["concurrency"]]
+                + [Level(f"rate={r:g}/s", p["requests"], rate=r) for r in p["rates"]])
+    count = len(replay.requests)
+    if not p["concurrency"] and not p["rates"]:
+        return [Level("replay (recorded pace)", count, offsets=replay.offsets)]
+    return ([Level(f"replay c={c}", count, concurrency=c) for c in p["concurrency"]]
+            + [Level(f"replay rate={r:g}/s", count, rate=r) for r in p["rates"]])
+
+
+def _replayed(replay: Replay, base_url: str, model: str, ignore_eos: bool) -> list[tuple[str, dict[str, Any]]]:
+    """The recorded bodies as sent: the target's model, streamed with usage (what the metrics need)."""
+    sent = []
+    for endpoint, body in replay.requests:
+        body = {**body, "model": model, "stream": True,
+                "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+        if ignore_eos:
+            body["ignore_eos"] = True
+        sent.append((f"{base_url}{endpoint}", body))
+    return sent
+
+
+def _capacity(ctx: RunContext, level: Level, p: dict[str, Any], index: int,
+              replay: Replay | None = None) -> dict[str, Any]:
     target = ctx.target
     assert target is not None
     body: dict[str, Any] = {"model": target.model, "stream": True, "stream_options": {"include_usage": True},
@@ -135,6 +185,7 @@ def _capacity(ctx: RunContext, level: Level, p: dict[str, Any], index: int) -> d
                             "messages": [{"role": "user", "content": p["prompt"]}]}
     if p["ignore_eos"]:
         body["ignore_eos"] = True
+    requests = _replayed(replay, target.base_url, target.model, p["ignore_eos"]) if replay is not None else None
     finished: list[RequestRecord] = []
     stop = threading.Event()
     outcome: dict[str, Any] = {}
@@ -143,7 +194,7 @@ def _capacity(ctx: RunContext, level: Level, p: dict[str, Any], index: int) -> d
         try:
             outcome["records"], outcome["duration"] = run_level(
                 f"{target.base_url}/chat/completions", body, headers_for(target), level, seed=index, stop=stop,
-                on_done=finished.append)
+                on_done=finished.append, requests=requests)
         except BaseException as exc:  # handed to the runner's thread
             outcome["error"] = exc
 

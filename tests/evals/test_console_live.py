@@ -65,6 +65,17 @@ def test_the_celery_task_publishes_a_runs_progress_to_its_end(tmp_path: Path) ->
     assert all(m["run"] == run.pk for m in messages)
 
 
+def test_a_run_whose_gate_fails_is_never_published_as_succeeded(tmp_path: Path) -> None:
+    channel = listening()
+    run = create_run("planning", parameters={"out": str(tmp_path), "min_quality": 0.9})  # fast and heavy are under
+    assert run_eval(run.pk)["status"] == "gate_failed"
+    messages = received(channel)
+    assert [m["status"] for m in messages if m["finished"]] == ["gate_failed"]
+    assert "succeeded" not in {m["status"] for m in messages}
+    last = messages[-1]
+    assert (last["status_label"], last["gate"], last["percent"]) == ("gate failed", "failed", 100)
+
+
 def test_runeval_publishes_too(tmp_path: Path) -> None:
     channel = listening()
     call_command("runeval", "planning", "--out", str(tmp_path), stdout=io.StringIO(), stderr=io.StringIO())
@@ -79,8 +90,8 @@ def test_only_persisted_progress_is_published() -> None:
     publish(Progress(7, "planning", "running", 1, 12, "case 1", persisted=False))
     publish(Progress(7, "planning", "running", 2, 12, "case 2", persisted=True))
     assert received(channel, until_finished=False) == [
-        {"type": "progress", "run": 7, "kind": "planning", "status": "running", "done": 2, "total": 12,
-         "note": "case 2", "percent": 17, "finished": False}]
+        {"type": "progress", "run": 7, "kind": "planning", "status": "running", "status_label": "running",
+         "done": 2, "total": 12, "note": "case 2", "percent": 17, "finished": False, "gate": "pending"}]
 
 
 def test_a_channel_layer_that_is_down_never_fails_or_stalls_a_run(settings: Any, tmp_path: Path,

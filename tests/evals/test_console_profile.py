@@ -5,16 +5,19 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from django.test import Client
 
 from evals import launch
 from evals.models import EvalRun, ProfilePromotion
+from evals.profile_loop import refresh_candidate
 from evals.runs import RUNNERS, RunnerSpec, register
 from routing.models import ProfileEntry
 from serves.models import Serve
 from tests.evals.console import operator_client, post_from, text
+from tests.evals.rows import finished_run, graded_result
 
 pytestmark = pytest.mark.django_db
 
@@ -73,10 +76,31 @@ def test_candidate_and_live_side_by_side_with_the_changes_marked(ops: Client, di
     assert 'name="token"' in page and "Promote the candidate to live" in page
 
 
+def confirm_page(ops: Client) -> str:
+    """The confirmation page the profile page's Promote button leads to."""
+    token = re.search(r'name="token" value="([0-9a-f]+)"', text(ops.get(PROFILE))).group(1)  # type: ignore[union-attr]
+    return f"{PROMOTE}?token={token}"
+
+
+def test_promote_asks_for_confirmation_listing_what_changes(ops: Client, diff: None) -> None:
+    asked = text(ops.get(confirm_page(ops)))
+    assert "Promote the candidate to live?" in asked and 'name="confirmed" value="yes"' in asked
+    changes = dict(re.findall(r'<tr data-subject="(\w+)" data-work-class="[\w-]+" data-status="(\w+)">', asked))
+    assert changes == {"claude": "changed", "heavy": "added", "old": "removed"}
+    assert 'id="warnings"' not in asked  # no serve is in the serves table, so routing refuses nothing new
+    # A POST without the confirmation (an old page, a script) changes nothing and goes to the confirmation.
+    bare = post_from(ops, PROFILE, PROMOTE)
+    assert "Not promoted yet: confirm the change below." in text(bare)
+    assert "Promote the candidate to live?" in text(bare)
+    assert ProfileEntry.objects.get(profile="live", subject="claude").decision == "allow"
+    assert not ProfilePromotion.objects.exists()
+
+
 def test_promote_makes_live_equal_the_candidate(ops: Client, diff: None) -> None:
-    answer = post_from(ops, PROFILE, PROMOTE)
+    answer = post_from(ops, confirm_page(ops), PROMOTE)
     page = text(answer)
-    assert "Promoted the candidate profile to live: 1 cells added, 1 changed, 1 removed." in page
+    assert "Promoted the candidate profile to live (version " in page and \
+        "1 cells added, 1 changed, 1 removed." in page
     assert drawn(page, "live") == {key: {**value, "side": "live", "status": ""}
                                    for key, value in drawn(page, "candidate").items()}
     assert {c["status"] for c in drawn(page, "candidate").values()} == {"unchanged"}
@@ -84,17 +108,31 @@ def test_promote_makes_live_equal_the_candidate(ops: Client, diff: None) -> None
     live = {(e.subject, e.work_class): e.decision for e in ProfileEntry.objects.filter(profile="live")}
     assert live == {("claude", "planning"): "allow-with-verify", ("heavy", "planning"): "deny",
                     ("fast", "chat"): "allow"}
-    assert ProfilePromotion.objects.get().promoted_by == "console:ops"
+    assert ProfilePromotion.objects.get(action="promote").promoted_by == "console:ops"
+    assert ProfilePromotion.objects.get(action="kept").entries[0]["subject"] == "claude"  # the live profile before
+
+
+def test_a_promotion_that_locks_out_a_work_class_is_warned_of_by_name(ops: Client) -> None:
+    Serve.objects.create(name="only", tier="fast", base_url="http://127.0.0.1:9/v1", served_model="m")
+    cell("candidate", "only", "chat", "deny", 0.0, samples=5)
+    asked = text(ops.get(confirm_page(ops)))
+    assert '<li data-kind="work_class" data-name="chat">chat: no serve would be allowed to answer it' in asked
+    assert "Promote anyway" in asked
+    answer = post_from(ops, confirm_page(ops), PROMOTE)
+    assert "Promoted the candidate profile to live" in text(answer)
+    assert ProfileEntry.objects.get(profile="live").decision == "deny"
 
 
 def test_a_candidate_changed_after_the_page_was_drawn_is_not_promoted(ops: Client, diff: None) -> None:
-    page = text(ops.get(PROFILE))
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
-    reviewed = re.search(r'name="token" value="([0-9a-f]+)"', page).group(1)  # type: ignore[union-attr]
+    page = confirm_page(ops)
+    asked = text(ops.get(page))
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', asked).group(1)  # type: ignore[union-attr]
+    reviewed = re.search(r'name="token" value="([0-9a-f]+)"', asked).group(1)  # type: ignore[union-attr]
     ProfileEntry.objects.filter(profile="candidate", subject="heavy").update(decision="allow", quality=0.9)
-    answer = ops.post(PROMOTE, {"token": reviewed, "csrfmiddlewaretoken": token}, follow=True)
-    assert "Not promoted: the candidate profile changed after this diff was shown (hint: review the new diff, " \
-           "then promote again)" in text(answer)
+    assert "changed after the profile page was drawn" in text(ops.get(page))
+    answer = ops.post(PROMOTE, {"token": reviewed, "confirmed": "yes", "csrfmiddlewaretoken": token}, follow=True)
+    assert "Not promoted: the candidate or the live profile changed after this diff was shown (hint: review the " \
+           "new diff, then promote again)" in text(answer)
     assert ProfileEntry.objects.get(profile="live", subject="claude").decision == "allow"
     assert not ProfilePromotion.objects.exists()
 
@@ -102,9 +140,9 @@ def test_a_candidate_changed_after_the_page_was_drawn_is_not_promoted(ops: Clien
 def test_promote_needs_the_token_and_csrf(ops: Client, diff: None) -> None:
     page = text(ops.get(PROFILE))
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
-    missing = ops.post(PROMOTE, {"csrfmiddlewaretoken": token}, follow=True)
+    missing = ops.post(PROMOTE, {"csrfmiddlewaretoken": token, "confirmed": "yes"}, follow=True)
     assert "Not promoted: token: the diff&#x27;s token is missing" in text(missing)
-    assert ops.post(PROMOTE, {"token": "x"}).status_code == 403
+    assert ops.post(PROMOTE, {"token": "x", "confirmed": "yes"}).status_code == 403
     assert Client().post(PROMOTE, {"token": "x"}).status_code == 302
     assert not ProfilePromotion.objects.exists()
 
@@ -112,6 +150,38 @@ def test_promote_needs_the_token_and_csrf(ops: Client, diff: None) -> None:
 def test_nothing_to_promote_says_so(ops: Client) -> None:
     assert "No cells in either profile." in text(ops.get(PROFILE))
     assert "nothing to promote" in text(ops.get(PROFILE))
+
+
+def test_a_cell_with_too_few_samples_shows_as_insufficient_data_with_its_count(ops: Client, settings: Any) -> None:
+    settings.ANVIL_PROFILE_MIN_SAMPLES = 5
+    run = finished_run()
+    graded_result(run, "hrm-demo", 0.0)
+    refresh_candidate()
+    page = text(ops.get(PROFILE))
+    thin = drawn(page, "candidate")[("hrm-demo", "chat")]
+    assert (thin["decision"], thin["samples"]) == ("insufficient", "1")
+    assert "insufficient data<br>n=1 of 5" in page and "a verdict needs at least 5 samples" in page
+    assert ("hrm-demo", "chat") not in drawn(page, "live")
+    assert not ProfileEntry.objects.exists()
+
+
+def test_revert_from_the_profile_page_restores_the_live_profile_it_names(ops: Client, diff: None) -> None:
+    post_from(ops, confirm_page(ops), PROMOTE)
+    kept = ProfilePromotion.objects.get(action="kept")
+    page = text(ops.get(PROFILE))
+    assert f'data-version="{kept.pk}" data-action="kept"' in page and f'data-revert="{kept.pk}"' in page
+    revert_page = f"/console/evals/profile/versions/{kept.pk}/revert/"
+    asked = text(ops.get(revert_page))
+    assert f"Revert the live profile to version #{kept.pk}?" in asked
+    answer = text(post_from(ops, revert_page, revert_page))
+    assert f"Reverted the live profile to version {kept.pk}" in answer
+    live = {(e.subject, e.work_class): e.decision for e in ProfileEntry.objects.filter(profile="live")}
+    assert live == {("claude", "planning"): "allow", ("old", "chat"): "allow", ("fast", "chat"): "allow"}
+    reverted = ProfilePromotion.objects.get(action="revert")
+    assert (reverted.restored_from_id, reverted.promoted_by) == (kept.pk, "console:ops")
+    assert re.search(rf'data-version="{reverted.pk}" data-action="revert" data-live="1"', answer)
+    assert "Cannot revert: there is no profile version 999" in text(
+        ops.get("/console/evals/profile/versions/999/revert/", follow=True))
 
 
 # --- stale serves and their re-evals --------------------------------------------

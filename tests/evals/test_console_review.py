@@ -25,12 +25,14 @@ def ops() -> Client:
 @pytest.fixture
 def grades() -> dict[str, Grade]:
     run = finished_run(kind="planning")
+    # Five samples each: enough for a verdict (ANVIL_PROFILE_MIN_SAMPLES), so a review moves the candidate.
     planned = EvalResult.objects.create(run=run, name="cutover / heavy", subject="heavy", work_class="planning",
-                                        verdict="graded", score=0.9, output="1. Stop writes.\n2. <Dump> the DB.")
+                                        verdict="graded", score=0.9, output="1. Stop writes.\n2. <Dump> the DB.",
+                                        samples=5)
     verifier = Grade.objects.create(result=planned, source="verifier", grader="plan-rubric/1", score=0.9,
                                     dimensions={"coverage": 1.0, "risk": 0.75}, note="structural grade")
     judged = EvalResult.objects.create(run=run, name="review / fast", subject="fast", work_class="review",
-                                       verdict="graded", output="LGTM")
+                                       verdict="graded", output="LGTM", samples=5)
     judge = Grade.objects.create(result=judged, source="judge", grader="judge/1", score=0.4,
                                  dimensions={"helpfulness": 0.4})
     return {"verifier": verifier, "judge": judge}

@@ -45,6 +45,10 @@ def test_a_planning_run_shows_parameters_summary_gate_and_results(ops: Client, t
     assert f'"out": "{tmp_path}"' in page and '"min_quality": 0.9' in page
     assert "1. claude: 0.9739" in section(page, "summary")
     assert '<span class="gate failed">failed</span>' in page  # fast and heavy are under 0.9
+    # The status says so too: never a green "succeeded" beside a failed gate.
+    assert run.status == "gate_failed"
+    assert '<span class="status gate_failed" data-field="status">gate failed</span>' in page
+    assert 'class="status succeeded"' not in page
     results = section(page, "results")
     assert results.count("<tr data-result=") == 12
     assert "postgres-cutover / claude" in results and "graded: 12" in results
@@ -61,7 +65,8 @@ def test_a_failed_run_shows_its_error(ops: Client) -> None:
 def test_an_unfinished_run_page_listens_for_its_progress(ops: Client) -> None:
     run = EvalRun.objects.create(kind="planning", status="running", progress_done=6, progress_total=12)
     page = page_of(ops, run)
-    assert f'data-run="{run.pk}"' in page and "data-reload-on-finish" in page
+    assert f'data-run="{run.pk}"' in page and "data-redraw-on-finish" in page
+    assert "not yet: the run is running" in page
     assert 'aria-valuenow="50"' in page and "evals/progress.js" in page
     assert f"/console/evals/runs/{run.pk}/cancel/" in page
 
@@ -130,3 +135,20 @@ def test_a_malformed_capacity_summary_draws_what_it_can(ops: Client) -> None:
 
 def test_a_missing_run_is_404(ops: Client) -> None:
     assert ops.get("/console/evals/runs/999999/").status_code == 404
+
+
+def test_harness_errors_are_shown_apart_from_failures(ops: Client) -> None:
+    run = EvalRun.objects.create(kind="preflight", status="gate_failed", gate_passed=False)
+    EvalResult.objects.create(run=run, name="coding smoke test", subject="s", work_class="bounded-edit",
+                              verdict="fail", score=0.0)
+    for depth in (10, 50, 90):
+        EvalResult.objects.create(run=run, name=f"needle 2000 tokens @ {depth}%", subject="s",
+                                  work_class="long-context", verdict="harness_error",
+                                  error="a needle prompt of 2000 tokens does not fit the context of 512 tokens")
+    page = page_of(ops, run)
+    harness = section(page, "harness-errors")
+    assert harness.count("<tr data-harness-error=") == 3 and "does not fit the context of 512 tokens" in harness
+    assert "not graded, not in the gate" in harness
+    counts = re.search(r'<p class="muted" id="verdict-counts">(.*?)</p>', page, re.S).group(1)  # type: ignore[union-attr]
+    assert counts.startswith("fail: 1") and "could not run (harness errors): 3" in counts
+    assert section(page, "results").count('data-verdict="harness_error"') == 3

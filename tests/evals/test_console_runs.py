@@ -58,8 +58,10 @@ def test_the_list_shows_kind_target_status_progress_and_cancel_only_for_unfinish
     queued = create_run("planning")
     running = EvalRun.objects.create(kind="preflight", status="running", target_serve=serve, target_name="fast",
                                      progress_done=3, progress_total=12, progress_note="needle at 4k")
-    done = EvalRun.objects.create(kind="benchmark", status="succeeded", base_url="http://127.0.0.1:9/v1",
+    done = EvalRun.objects.create(kind="benchmark", status="gate_failed", base_url="http://127.0.0.1:9/v1",
                                   model="m", progress_done=5, progress_total=5, gate_passed=False)
+    passed = EvalRun.objects.create(kind="preflight", status="succeeded", progress_done=8, progress_total=8,
+                                    gate_passed=True)
     page = text(ops.get(RUNS))
 
     def row(run: EvalRun) -> str:
@@ -70,7 +72,11 @@ def test_the_list_shows_kind_target_status_progress_and_cancel_only_for_unfinish
     assert 'aria-valuenow="25"' in row(running) and "3/12" in row(running) and "needle at 4k" in row(running)
     assert ">fast<" in row(running) and ">running<" in row(running)
     assert 'aria-valuenow="100"' in row(done) and "m @ http://127.0.0.1:9/v1" in row(done)
-    assert "gate failed" in row(done)
+    # A failed gate is the run's status, the same on the list as on its page: never "succeeded" beside it.
+    assert '<span class="status gate_failed" data-field="status">gate failed</span>' in row(done)
+    assert "succeeded" not in row(done)
+    assert ">succeeded<" in row(passed)
+    assert '<span class="gate passed" data-field="gate">gate passed</span>' in row(passed)
     assert 'aria-valuenow="0"' in row(queued) and ">queued<" in row(queued)
     assert f"/console/evals/runs/{queued.pk}/cancel/" in row(queued)
     assert f"/console/evals/runs/{running.pk}/cancel/" in row(running)

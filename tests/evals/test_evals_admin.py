@@ -8,8 +8,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from evals.models import EvalCase, EvalResult, EvalRun, EvalSuite, Grade
-from evals.profile_loop import profile_diff, promote
+from evals.models import EvalCase, EvalResult, EvalRun, EvalSuite, Grade, ProfilePromotion
+from evals.profile_loop import profile_diff, promote, refresh_candidate
 from evals.runs import create_run, execute_run
 from evals.tasks import scheduled_run
 
@@ -25,7 +25,8 @@ def operator() -> Client:
 
 def test_every_list_and_change_page_renders(operator: Client, tmp_path: Path) -> None:
     run = execute_run(create_run("planning", parameters={"out": str(tmp_path)}).pk)
-    promote(promoted_by="ops", expected_token=profile_diff().token)
+    refresh_candidate(floor=4)  # four plans per serve: under the default floor of five samples
+    promote(promoted_by="ops", expected_token=profile_diff().token, confirmed=True)
     pages = {
         "evalsuite": EvalSuite.objects.get().pk, "evalcase": EvalCase.objects.first().pk, "evalrun": run.pk,
         "evalresult": EvalResult.objects.first().pk, "grade": Grade.objects.first().pk,
@@ -35,6 +36,8 @@ def test_every_list_and_change_page_renders(operator: Client, tmp_path: Path) ->
         assert listing.status_code == 200, model
         assert operator.get(f"/admin/evals/{model}/{pk}/change/").status_code == 200, model
     assert operator.get("/admin/evals/profilepromotion/").status_code == 200
+    version = ProfilePromotion.objects.first().pk  # type: ignore[union-attr]
+    assert operator.get(f"/admin/evals/profilepromotion/{version}/change/").status_code == 200
     page = operator.get(f"/admin/evals/evalrun/{run.pk}/change/").content.decode()
     assert "postgres-cutover / claude" in page  # results inline under their run
     assert "plan-rubric/1" in operator.get(f"/admin/evals/evalresult/{EvalResult.objects.first().pk}/change/")\

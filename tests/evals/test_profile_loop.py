@@ -1,8 +1,11 @@
-"""The profile loop: which grades count, sample-weighted means, thresholds, overrides, the diff, promotion."""
+"""The profile loop: which grades count, sample-weighted means, thresholds, the sample floor, overrides, the diff,
+promotion, versions and revert."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
+from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -10,18 +13,34 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 
 from anvil_site.snapshots import Snapshot
-from evals.errors import CandidateChanged, NothingToPromote, ReviewError
-from evals.models import Grade, ProfilePromotion
-from evals.profile_loop import profile_diff, promote, refresh_candidate, verdict_for
+from evals.errors import CandidateChanged, ConfirmationRequired, NothingToPromote, ProfileError, ReviewError
+from evals.models import EvalResult, Grade, ProfilePromotion
+from evals.profile_loop import (
+    insufficient_cells,
+    profile_diff,
+    promote,
+    promotion_plan,
+    refresh_candidate,
+    revert,
+    revert_plan,
+    verdict_for,
+)
 from evals.review import accept_grade, override_grade, review_queue
 from routing.models import ProfileEntry
 from routing.profile import Profile, load_live_profile
 from serves.catalog import ServeView, load_enabled
 from serves.models import Serve
 from tests.evals.rows import finished_run, graded_result
+from tests.support.processes import child_env, manage
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def one_sample_is_enough(settings: Any) -> None:
+    """Most tests here are about the arithmetic of one or two grades; the sample floor has tests of its own."""
+    settings.ANVIL_PROFILE_MIN_SAMPLES = 1
 
 
 def candidate(subject: str = "fast", work_class: str = "chat", kind: str = "serve") -> ProfileEntry:
@@ -160,7 +179,7 @@ def test_promote_replaces_the_live_profile_and_routing_reads_it() -> None:
     assert live.verdict(_view(fast), "chat")[0] == "allow"
     assert set(live.serves) == {("fast", "chat")}
     assert promotion.counts == {"added": 0, "changed": 1, "removed": 1, "unchanged": 0}
-    assert ProfilePromotion.objects.get().promoted_by == "ops"
+    assert ProfilePromotion.objects.get(action="promote").promoted_by == "ops"
     assert ProfileEntry.objects.filter(profile="candidate").count() == 1  # the candidate stays for the next round
     with pytest.raises(NothingToPromote, match="same verdicts"):
         promote(promoted_by="ops")
@@ -245,3 +264,135 @@ def test_grades_outside_the_unit_interval_are_refused_by_the_database() -> None:
     result = graded_result(finished_run(), "fast", 0.5)
     with pytest.raises(IntegrityError), transaction.atomic():
         Grade.objects.create(result=result, source="verifier", score=1.5)
+
+
+# --- the sample floor (ANVIL_PROFILE_MIN_SAMPLES) -------------------------------------
+def test_a_cell_under_min_samples_is_insufficient_data_and_keeps_its_default(settings: Any) -> None:
+    settings.ANVIL_PROFILE_MIN_SAMPLES = 5
+    run = finished_run()
+    for _ in range(4):
+        graded_result(run, "fast", 0.0)
+    report = refresh_candidate()
+    assert not ProfileEntry.objects.filter(profile="candidate").exists()  # four zeros are no verdict
+    assert (report.created, report.insufficient) == (0, 1) and "insufficient data" in report.describe()
+    thin = insufficient_cells()[("serve", "fast", "chat")]
+    assert (thin.samples, thin.needed, thin.quality) == (4, 5, 0.0)
+    graded_result(run, "fast", 0.0)
+    refresh_candidate()
+    assert (candidate().decision, candidate().samples) == ("deny", 5)  # the thresholds keep their meaning
+    assert not insufficient_cells()
+
+
+def test_the_floor_counts_samples_and_can_be_set_per_refresh(settings: Any) -> None:
+    settings.ANVIL_PROFILE_MIN_SAMPLES = 5
+    graded_result(finished_run("bootstrap"), "fast", 0.95, samples=240)  # a replayed measurement of 240 answers
+    graded_result(finished_run(), "slow", 0.95)
+    refresh_candidate()
+    assert candidate("fast").decision == "allow"
+    assert not ProfileEntry.objects.filter(subject="slow").exists()
+    refresh_candidate(floor=1)
+    assert candidate("slow").decision == "allow"
+
+
+def test_a_verdict_the_loop_wrote_is_withdrawn_when_it_no_longer_has_enough_samples(settings: Any) -> None:
+    graded_result(finished_run(), "fast", 0.0)
+    refresh_candidate()
+    assert candidate().decision == "deny"  # one sample was enough under the old floor
+    ProfileEntry.objects.create(profile="candidate", kind="serve", subject="fast", work_class="review",
+                                decision="allow", quality=0.9, samples=1, source="imported by hand")
+    graded_result(finished_run("benchmark"), "fast", 0.0, work_class="review")
+    settings.ANVIL_PROFILE_MIN_SAMPLES = 5
+    report = refresh_candidate()
+    assert (report.withdrawn, report.insufficient) == (1, 2)
+    assert not ProfileEntry.objects.filter(profile="candidate", work_class="chat").exists()
+    assert candidate(work_class="review").source == "imported by hand"  # an operator's row is theirs
+
+
+def test_a_gate_failed_run_counts_and_a_harness_error_never_does() -> None:
+    run = finished_run(status="gate_failed")
+    graded_result(run, "fast", 1.0)
+    EvalResult.objects.create(run=run, name="needle", subject="fast", work_class="chat", verdict="harness_error",
+                              error="a needle prompt of 2000 tokens does not fit the context of 512 tokens")
+    refresh_candidate()
+    assert (candidate().quality, candidate().samples) == (1.0, 1)
+
+
+def test_the_sample_floor_is_checked_at_start_up() -> None:
+    done = subprocess.run(manage("check"), env=child_env(ANVIL_PROFILE_MIN_SAMPLES="0"), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0 and "ANVIL_PROFILE_MIN_SAMPLES" in done.stderr, done.stderr
+
+
+# --- confirmation, versions, revert ---------------------------------------------------
+def _only_serve() -> ServeView:
+    return _view(Serve.objects.create(name="only", tier="fast", base_url="http://127.0.0.1:1/v1", served_model="m"))
+
+
+def test_a_promotion_that_denies_a_work_class_to_every_serve_needs_confirmation() -> None:
+    only = _only_serve()
+    cell("candidate", "only", "deny", 0.0)
+    plan = promotion_plan()
+    assert [(w.kind, w.name) for w in plan.warnings] == [("work_class", "chat")]
+    assert "chat: no serve would be allowed to answer it" in plan.warnings[0].text and "only" in plan.warnings[0].text
+    with pytest.raises(ConfirmationRequired) as refused:
+        promote(promoted_by="ops", expected_token=plan.diff.token)
+    assert refused.value.warnings == [plan.warnings[0].text]
+    assert not ProfileEntry.objects.filter(profile="live").exists() and not ProfilePromotion.objects.exists()
+    promote(promoted_by="ops", expected_token=plan.diff.token, confirmed=True)
+    assert load_live_profile().verdict(only, "chat")[0] == "deny"
+
+
+def test_a_serve_denied_every_work_class_is_named() -> None:
+    _only_serve()
+    Serve.objects.create(name="other", tier="heavy", base_url="http://127.0.0.1:1/v1", served_model="o")
+    for work_class in ("chat", "bounded-edit", "multi-file-refactor", "planning", "review", "long-context"):
+        cell("candidate", "only", "deny", 0.1, work_class=work_class)
+    warnings = promotion_plan().warnings
+    assert ("serve", "only") in [(w.kind, w.name) for w in warnings]
+    assert "serve only would be denied every work class" in [w.text for w in warnings]
+    assert not [w for w in warnings if w.kind == "work_class"]  # "other" still answers every class
+
+
+def test_every_promotion_is_a_version_and_revert_restores_any_of_them() -> None:
+    only = _only_serve()
+    cell("live", "only", "allow", 0.9, work_class="review")  # imported, never promoted
+    cell("candidate", "only", "allow-with-verify", 0.8)
+    first = promote(promoted_by="ops")
+    ProfileEntry.objects.filter(profile="candidate").update(decision="allow", quality=0.95)
+    second = promote(promoted_by="ops")
+    kept = ProfilePromotion.objects.get(action="kept")  # the imported live profile, kept before the first
+    assert [v.pk for v in ProfilePromotion.objects.all()] == [second.pk, first.pk, kept.pk]
+    assert [row["work_class"] for row in kept.entries] == ["review"]
+    assert load_live_profile().verdict(only, "chat")[0] == "allow"
+
+    back = revert(first.pk, reverted_by="ops")
+    assert (back.action, back.restored_from_id, back.counts["changed"]) == ("revert", first.pk, 1)
+    assert load_live_profile().verdict(only, "chat")[0] == "allow-with-verify"
+    revert(kept.pk, reverted_by="ops")
+    live = load_live_profile()
+    assert set(live.serves) == {("only", "review")} and live.verdict(only, "chat")[0] == "allow-with-verify"
+    assert not live.measured(only, "chat")  # back to the default, as before any promotion
+    assert ProfilePromotion.objects.filter(action="kept").count() == 1  # every live state was a version already
+    with pytest.raises(NothingToPromote, match="live profile already"):
+        revert(kept.pk, reverted_by="ops")
+
+
+def test_revert_refuses_what_it_cannot_restore_and_asks_before_a_lockout() -> None:
+    _only_serve()
+    old = ProfilePromotion.objects.create(promoted_by="ops", candidate_token="x", entries=None)
+    with pytest.raises(ProfileError, match="before versions were kept"):
+        revert(old.pk, reverted_by="ops")
+    with pytest.raises(ProfileError, match="no profile version 999"):
+        revert(999, reverted_by="ops")
+    cell("candidate", "only", "deny", 0.0)
+    denying = promote(promoted_by="ops", confirmed=True)
+    ProfileEntry.objects.filter(profile="candidate").update(decision="allow", quality=0.9)
+    promote(promoted_by="ops")
+    plan = revert_plan(denying.pk)
+    assert [w.name for w in plan.warnings] == ["chat"]
+    with pytest.raises(ConfirmationRequired):
+        revert(denying.pk, reverted_by="ops")
+    with pytest.raises(CandidateChanged):
+        revert(denying.pk, reverted_by="ops", expected_token="stale", confirmed=True)
+    revert(denying.pk, reverted_by="ops", expected_token=plan.diff.token, confirmed=True)
+    assert ProfileEntry.objects.get(profile="live").decision == "deny"

@@ -58,7 +58,7 @@ def test_exit_status_says_done_gate_failed_run_failed_or_bad_input(tmp_path: Pat
     bad = runeval("planning", "--min-quality", "2")
     assert bad.returncode == 2 and "min_quality is a number from 0 to 1" in bad.stderr
     assert list(EvalRun.objects.order_by("pk").values_list("status", flat=True)) == [
-        "succeeded", "succeeded", "failed"]  # bad input made no run at all
+        "succeeded", "gate_failed", "failed"]  # bad input made no run at all
 
 
 def test_a_terminal_gets_a_progress_bar(tmp_path: Path) -> None:

@@ -9,7 +9,9 @@ badchoices, baddelta, arraydata, badusage, hang, empty400), and
 diligent (a non-streamed answer that does what the request asks: calls the offered tool with the
 city the question names, fills a JSON schema, finds a passphrase, writes the asked-for function,
 answers the benchmark's questions; streamed, it is ``text``), exhausted (a blank answer cut off by
-max_tokens: a reasoning model that spent its budget thinking);
+max_tokens: a reasoning model that spent its budget thinking), judge (a judge serve: a rubric grade of
+JUDGE_POINTS on every dimension, as the JSON object the request's json_schema, or else its "exactly the
+keys: …" line, asks for; non-streamed), judgebad (a judge whose answer is prose, not the rubric's JSON);
 ``--force-scenario NAME`` makes every request that scenario (a serve that always misbehaves).
 Usage numbers are fixed and distinctive (prompt 11 / input 13) so tests can
 tell relayed usage from estimated usage. Every request is recorded:
@@ -33,6 +35,8 @@ INPUT_TOKENS = 13
 MARKER = re.compile(r"\[\[([a-z0-9+]+)\]\]")
 TOOL_ARGS = ['{"ci', 'ty": "Pa', 'ris", "unit', 's": "c"}']
 REASONING = "The user greets me. I should greet back."
+JUDGE_POINTS = 4
+JUDGE_KEYS = re.compile(r"exactly the keys: ([a-z_, ]+)\.")
 
 requests_seen: list[dict[str, Any]] = []
 disconnects: list[dict[str, Any]] = []
@@ -94,6 +98,17 @@ def diligent_answer(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
     return {"role": "assistant", "content": "I do not know."}, "stop"
 
 
+def judge_answer(body: dict[str, Any]) -> dict[str, Any]:
+    """A judge's rubric grade: JUDGE_POINTS for every dimension the request names."""
+    schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema") or {}
+    keys = list(schema.get("properties") or {})
+    if not keys:
+        asked = " ".join(str(m.get("content")) for m in body.get("messages") or [] if isinstance(m, dict))
+        found = JUDGE_KEYS.search(asked)
+        keys = [key.strip() for key in found.group(1).split(",")] if found else []
+    return {"role": "assistant", "content": json.dumps(dict.fromkeys(keys, JUDGE_POINTS))}
+
+
 def tool_name(body: dict[str, Any]) -> str:
     for tool in body.get("tools") or []:
         name = (tool.get("function") or {}).get("name") or tool.get("name")
@@ -133,6 +148,10 @@ class Script:
             message, finish = diligent_answer(body)
         elif scenario == "exhausted":
             message, finish = {"role": "assistant", "content": ""}, "length"
+        elif scenario == "judge":
+            message = judge_answer(body)
+        elif scenario == "judgebad":
+            message = {"role": "assistant", "content": "A solid answer: I would give it 4 out of 5 on most counts."}
         elif scenario == "reasoning":
             message["reasoning_content"] = REASONING
         if scenario in ("tool", "text+tool", "badjson"):
