@@ -290,9 +290,12 @@ class Supervisor:
         self.say(f"restarted {child.spec.name} (pid {child.process.pid})")
         return True
 
-    def stop_all(self) -> None:
-        """Stop the applications together, then the infrastructure they use."""
+    def stop_all(self, before_infrastructure: Callable[[], None] | None = None) -> None:
+        """Stop the applications together, then ``before_infrastructure`` (the process serves, which
+        need the database and Redis to record that they stopped), then the infrastructure they use."""
         for group in (False, True):
+            if group and before_infrastructure is not None:
+                before_infrastructure()
             batch = [c for c in self.children if c.spec.infrastructure is group]
             for child in batch:
                 if child.process.poll() is None:
@@ -400,14 +403,6 @@ def worker_spec(concurrency: int) -> ChildSpec:
         "--without-mingle", "--without-gossip",
     ]
     return ChildSpec("worker", argv, restart=True)
-
-
-def hrm_spec(checkpoint: Path, port: int, name: str) -> ChildSpec:
-    argv = [sys.executable, str(Path(__file__).resolve().parent.parent / "manage.py"), "runinference",
-            "--checkpoint", str(checkpoint), "--port", str(port), "--served-model-name", name]
-    # Ready after the model loaded and answered a warm-up request (the worker's /readyz).
-    return ChildSpec("hrm", argv, ready=lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), ready_timeout=180,
-                     restart=True)
 
 
 def beat_spec(work_dir: Path) -> ChildSpec:

@@ -42,7 +42,7 @@ from inference.wire import Dialect, UpstreamProtocolError
 from inference.wire.answers import REDUCERS, StreamAccumulator, usage_of
 from inference.wire.sse import SSEDecoder, SSEEvent
 from inference.wire.upstream import checked_answer, checked_event
-from routing.verify import Expectations, verify
+from routing.verify import Answer, Expectations, verify
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,9 @@ class AttemptOutcome:
     first_byte_at: float | None = None
     started: float = field(default_factory=time.perf_counter)
     detail: str = ""  # what broke after the commit (the client was told in-band)
+    # The whole answer reduced to text and tool calls, kept only for an attempt sampled for live
+    # calibration (inference/calibration.py); never logged, never in the decision record.
+    answer: Answer | None = None
 
     def as_log(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"serve": self.serve, "outcome": self.label, "status": self.status,
@@ -125,8 +128,11 @@ def expectations(body: dict[str, Any]) -> Expectations:
 
 
 async def run_attempt(sink: ResponseSink, exchange: Exchange, request: UpstreamRequest, *,
-                      rule: CommitRule, verify_whole: bool) -> AttemptOutcome:
-    """One try at ``exchange.serve``; never raises (a cancelled request aside)."""
+                      rule: CommitRule, verify_whole: bool, keep_answer: bool = False) -> AttemptOutcome:
+    """One try at ``exchange.serve``; never raises (a cancelled request aside).
+
+    ``keep_answer``: the attempt is sampled for live calibration; a whole answer that reaches the
+    client is also kept, reduced, in ``outcome.answer``."""
     out = AttemptOutcome(exchange.serve.name)
     name = exchange.serve.name
     try:
@@ -136,9 +142,9 @@ async def run_attempt(sink: ResponseSink, exchange: Exchange, request: UpstreamR
             if upstream.status >= 400:
                 await _upstream_error(sink, exchange, out, await upstream.read_capped(ERROR_BODY_LIMIT))
             elif exchange.stream:
-                await _Stream(sink, exchange, upstream, out, rule).run()
+                await _Stream(sink, exchange, upstream, out, rule, keep_answer).run()
             else:
-                await _whole(sink, exchange, upstream, out, verify_whole)
+                await _whole(sink, exchange, upstream, out, verify_whole, keep_answer)
     except UpstreamTimedOut as exc:
         await _broken(sink, out, "timeout", UpstreamTimeout(f"Serve {name} did not answer in time: {exc}."))
     except UpstreamError as exc:
@@ -208,7 +214,7 @@ def _in_dialect(payload: bytes, dialect: Dialect) -> bool:
 
 
 async def _whole(sink: ResponseSink, exchange: Exchange, upstream: UpstreamResponse, out: AttemptOutcome,
-                 verify_whole: bool) -> None:
+                 verify_whole: bool, keep_answer: bool = False) -> None:
     if exchange.passthrough and not verify_whole:
         # Relay the bytes as they arrive; keep a copy only to read the usage afterwards.
         content_type = upstream.headers.get("content-type", "application/json").encode("latin-1")
@@ -222,6 +228,8 @@ async def _whole(sink: ResponseSink, exchange: Exchange, upstream: UpstreamRespo
             copy.append(data)
         await sink.send_body(b"")
         out.usage(_usage_from_json(b"".join(copy), exchange.upstream_wire))
+        if keep_answer:  # sampled: the client has it all; read the copy once more for its text
+            out.answer = _reduced(b"".join(copy), exchange.upstream_wire)
         return
     payload = await upstream.read_capped(WHOLE_ANSWER_LIMIT)
     try:
@@ -229,8 +237,9 @@ async def _whole(sink: ResponseSink, exchange: Exchange, upstream: UpstreamRespo
     except ValueError as exc:
         raise UpstreamProtocolError(f"not JSON ({exc})") from None
     checked_answer(answer, exchange.upstream_wire)
+    reduced = REDUCERS[exchange.upstream_wire](answer) if verify_whole or keep_answer else None
     if verify_whole:
-        reduced = REDUCERS[exchange.upstream_wire](answer)
+        assert reduced is not None
         out.labels = verify(reduced, expectations(exchange.body))
         if out.labels:
             out.label = "fallback"
@@ -241,6 +250,14 @@ async def _whole(sink: ResponseSink, exchange: Exchange, upstream: UpstreamRespo
     out.usage(usage_of(answer, exchange.upstream_wire))
     await sink.send_complete(upstream.status, body, sink.base_headers())
     out.bytes_out = len(body)
+    out.answer = reduced if keep_answer else None
+
+
+def _reduced(payload: bytes, dialect: str) -> Answer | None:
+    try:
+        return REDUCERS[dialect](checked_answer(json.loads(payload), dialect))
+    except (ValueError, UpstreamProtocolError):
+        return None  # relayed as the upstream wrote it; there is just no text to sample
 
 
 def _usage_from_json(payload: bytes, dialect: str) -> tuple[int | None, int | None] | None:
@@ -254,10 +271,14 @@ class _Stream:
     """One streamed answer, relayed event by event under the commit rule."""
 
     def __init__(self, sink: ResponseSink, exchange: Exchange, upstream: UpstreamResponse, out: AttemptOutcome,
-                 rule: CommitRule) -> None:
+                 rule: CommitRule, keep_answer: bool = False) -> None:
         self.sink, self.exchange, self.upstream, self.out, self.rule = sink, exchange, upstream, out, rule
         self.translator = None if exchange.passthrough else exchange.stream_translator()
-        self.accumulator = StreamAccumulator(exchange.upstream_wire) if rule is not CommitRule.OFF else None
+        # The text is added up only where it is needed: to verify before the commit, or for a
+        # sampled attempt (live calibration), whose whole answer is kept once the client has it.
+        self.keep_answer = keep_answer
+        self.accumulator = (StreamAccumulator(exchange.upstream_wire) if rule is not CommitRule.OFF or keep_answer
+                            else None)
         self.held: list[bytes] = []
         self.held_bytes = 0
 
@@ -290,6 +311,8 @@ class _Stream:
                 return
             await self._commit()
         await self.sink.send_body(b"")
+        if self.keep_answer and self.accumulator is not None:
+            self.out.answer = self.accumulator.answer()
 
     async def _event(self, event: SSEEvent) -> None:
         exchange, out = self.exchange, self.out

@@ -32,14 +32,15 @@ from inference.errors import (
     error_body,
 )
 from inference.exchange import upstream_request_id
+from inference.inflight import in_flight
 from inference.relay import UpstreamError, UpstreamRequest, UpstreamTimedOut, open_upstream
-from inference.serving import DecisionRecordDraft, make_decision, refusal
+from inference.serving import DecisionRecordDraft, make_decision, not_loaded, refusal
 from inference.wire import Dialect, anthropic_client
 from routing import live
 from routing.breaker import SKIP
 from routing.decide import Decision, decide_for_path
 from routing.decision_log import DECISION_LOG
-from serves.catalog import SERVE_CATALOG, ServeView
+from serves.catalog import ServeView, current_serves
 from serves.upstream_keys import upstream_auth_headers
 
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
@@ -124,7 +125,8 @@ async def _relay(sink: ResponseSink, decision: Decision, record: DecisionRecordD
         started = time.perf_counter()
         entry: dict[str, Any] = {"serve": serve.name}
         try:
-            found = answer(serve, await _try(serve, request))
+            async with in_flight().holding(serve.name):
+                found = answer(serve, await _try(serve, request))
         except UpstreamTimedOut as exc:
             last_error = UpstreamTimeout(f"Serve {serve.name} did not answer in time: {exc}.")
             entry.update(outcome="timeout")
@@ -156,6 +158,8 @@ async def _relay(sink: ResponseSink, decision: Decision, record: DecisionRecordD
 def path_refusal(decision: Decision, path: str) -> FrontDoorError:
     """Why nobody answers a relayed path: no such model, a model that cannot, or no serve that can."""
     why = "; ".join(f"{name}: {reason}" for name, reason in decision.excluded)
+    if decision.not_loaded:
+        return not_loaded(decision.requested_model, decision.not_loaded, decision.not_loaded_error)
     if decision.unknown_model:
         return NotFound(f"No enabled serve is named {decision.requested_model!r}.", param="model",
                         code="model_not_found")
@@ -189,10 +193,10 @@ async def serve_path(sink: ResponseSink, path: str, method: str, body: dict[str,
     """Relay one request on a ``PATHS`` route; ``body`` (without ``model`` for the HRM routes) goes as is."""
     started = time.perf_counter()
     route = PATHS[path]
-    serves = await SERVE_CATALOG.get()
+    serves = await current_serves()
     decision = decide_for_path(model, serves, route.why_not, route.work_class, live.policy_config())
     if decision.unknown_model:
-        decision = decide_for_path(model, await SERVE_CATALOG.get(force=True), route.why_not, route.work_class,
+        decision = decide_for_path(model, await current_serves(force=True), route.why_not, route.work_class,
                                    live.policy_config())
     record = DecisionRecordDraft(str(uuid.uuid4()), request_id, path.rsplit("/", 1)[-1],
                                  api_key=f"{principal.name} ({principal.prefix})" if principal else "")
@@ -262,7 +266,7 @@ async def count_tokens(sink: ResponseSink, body: dict[str, Any], principal: Prin
             return _Answer(502, b"", b"application/json")
         return _Answer(found.status, json.dumps({"input_tokens": count}).encode(), b"application/json")
 
-    serves = await SERVE_CATALOG.get()
+    serves = await current_serves()
     known = ", ".join(s.name for s in serves) or "none"
     await _served(sink, decision, record, principal, started,
                   lambda: _relay(sink, decision, record, build, answer), lambda refused: refusal(refused, known))

@@ -18,6 +18,7 @@ from typing import Any
 
 from django.conf import settings
 
+from inference import calibration
 from inference.admission import ADMISSION
 from inference.attempt import AttemptOutcome, CommitRule, ResponseSink, run_attempt
 from inference.auth import Principal
@@ -30,6 +31,7 @@ from inference.errors import (
     UpstreamFailed,
 )
 from inference.exchange import Exchange
+from inference.inflight import in_flight
 from inference.wire import Dialect, DialectError
 from routing import live
 from routing.breaker import SKIP
@@ -37,9 +39,10 @@ from routing.decide import Decision, decide
 from routing.decision_log import DECISION_LOG
 from routing.policy import Candidate
 from routing.profile import VERIFY
-from serves.catalog import SERVE_CATALOG
+from serves.catalog import current_serves
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
+PROFILE_PAGE = "/console/evals/profile/"
 
 
 @dataclass
@@ -95,20 +98,28 @@ class RelayRequest:
 
 
 async def make_decision(body: dict[str, Any], dialects: frozenset[str]) -> Decision:
-    serves = await SERVE_CATALOG.get()
+    serves = await current_serves()
     profile, rules = await live.PROFILE.get(), await live.RULES.get()
     decision = decide(body, serves, profile, rules, live.policy_config(), dialects=dialects)
     if decision.unknown_model:  # perhaps a serve added a moment ago: look again before a 404
-        serves = await SERVE_CATALOG.get(force=True)
+        serves = await current_serves(force=True)
         decision = decide(body, serves, profile, rules, live.policy_config(), dialects=dialects)
     return decision
 
 
-def refusal(decision: Decision, serves_known: str) -> FrontDoorError:
+def refusal(decision: Decision, serves_known: str, *, circuits_open: tuple[str, ...] = ()) -> FrontDoorError:
+    """The error for a request no serve answered without trying: what stopped each candidate, said plainly.
+
+    A serve the quality profile denied is named with its cell (serve or tier × work class, quality,
+    samples), and never hidden behind another cause: when the serves left after the profile's
+    filter all have open circuit breakers (``circuits_open``), the message says both.
+    """
     if decision.unknown_model:
         return NotFound(f"The model {decision.requested_model!r} does not exist. Serves you can name: "
                         f"{serves_known}; or auto, or a preset (anvil/planning, anvil/chat, …).",
                         param="model", code="model_not_found")
+    if decision.not_loaded:
+        return not_loaded(decision.requested_model, decision.not_loaded, decision.not_loaded_error)
     if decision.modality_unsupported:
         # The code goes in the message too: Anthropic's error shape has no field for it.
         return InvalidRequest("This request carries images, and no serve that could answer it takes them "
@@ -118,8 +129,37 @@ def refusal(decision: Decision, serves_known: str) -> FrontDoorError:
     if decision.too_large:
         return PayloadTooLarge("No serve's context window fits this request: "
                                + "; ".join(why for _, why in decision.excluded))
+    denied = "; ".join(why for _, why in decision.denied)
+    review = (f"Review the quality profile at {PROFILE_PAGE}: revert a promotion there, or with "
+              "`python manage.py profile revert ID`.")
+    if circuits_open:
+        # The breakers are why no attempt was made; the profile may be why nothing else was tried.
+        message = (f"Every candidate serve is unavailable (open circuit breakers: {', '.join(circuits_open)}); "
+                   "retry shortly.")
+        if denied:
+            message += f" Not tried: {denied}. {review}"
+        return Unavailable(message, headers=[(b"retry-after", str(int(settings.ANVIL_BREAKER_COOLDOWN) or 1).encode())])
+    if denied:
+        named = {name for name, _ in decision.denied}
+        others = "; ".join(f"{name}: {why}" for name, why in decision.excluded if name not in named)
+        return Unavailable(f"No serve may answer this {decision.work_class} request: {denied}."
+                           + (f" Also excluded: {others}." if others else "") + f" {review}", code="profile_denied")
     why = "; ".join(f"{name}: {reason}" for name, reason in decision.excluded) or "no enabled serve"
     return Unavailable(f"No serve may answer this {decision.work_class} request ({why}).")
+
+
+LOADING_RETRY_AFTER = 5
+
+
+def not_loaded(model: str, state: str, error_code: str = "") -> FrontDoorError:
+    """A request naming a model that is not loaded: 503, saying when to retry or how to load it."""
+    if state == "loading":
+        return Unavailable(f"The model {model!r} is loading; retry shortly.", code="model_loading",
+                           headers=[(b"retry-after", str(LOADING_RETRY_AFTER).encode())])
+    why = f"{state} ({error_code})" if error_code else state
+    return Unavailable(f"The model {model!r} is not loaded ({why}). Load it with POST /v1/admin/models/{model}/load "
+                       f"(a key with the admin scope) or `python manage.py serves load {model}`.",
+                       code="model_not_loaded")
 
 
 def commit_rule(candidate: Candidate, stream: bool) -> tuple[CommitRule, bool]:
@@ -155,7 +195,7 @@ async def serve_request(sink: ResponseSink, request: RelayRequest) -> None:
     sink.tags[b"x-anvil-work-class"] = decision.work_class.encode()
     try:
         if not decision.candidates:
-            serves = await SERVE_CATALOG.get()
+            serves = await current_serves()
             raise refusal(decision, ", ".join(s.name for s in serves) or "none")
         with ADMISSION.admit(principal.key_id if principal else None):
             final = await _attempts(sink, request, decision, record)
@@ -200,12 +240,19 @@ async def _attempts(sink: ResponseSink, request: RelayRequest, decision: Decisio
         record.notes += [note for note in exchange.notes if note not in record.notes]
         rule, verify_whole = commit_rule(candidate, exchange.stream)
         sink.tags[b"x-anvil-served-by"] = serve.name.encode()
-        outcome = await run_attempt(sink, exchange, upstream, rule=rule, verify_whole=verify_whole)
+        # Live calibration: a dict lookup, false unless an operator samples this serve × work class;
+        # a sampled attempt keeps its answer's text, handed to the judge's queue after the client has it.
+        sampled = await calibration.draw(serve.name, decision.work_class)
+        async with in_flight().holding(serve.name):  # what an unload of this serve drains
+            outcome = await run_attempt(sink, exchange, upstream, rule=rule, verify_whole=verify_whole,
+                                        keep_answer=sampled)
         await live.breaker_record(serve.name, not outcome.upstream_failed)
         entry = outcome.as_log()
         entry["commit"] = rule.value if exchange.stream else ("verify" if verify_whole else "off")
         attempts.append(entry)
         if outcome.committed:
+            if outcome.answer is not None and outcome.label == "served":
+                calibration.offer(serve.name, serve.fingerprint, decision.work_class, request.body, outcome.answer)
             return outcome
         last = outcome
         failures.append(outcome.error.message if outcome.error else
@@ -218,5 +265,4 @@ async def _attempts(sink: ResponseSink, request: RelayRequest, decision: Decisio
         raise UpstreamFailed(f"No serve produced an answer that passed verification "
                              f"({', '.join(last.labels)}); attempts: "
                              + ", ".join(f"{a['serve']}: {a['outcome']}" for a in attempts))
-    raise Unavailable("Every candidate serve is unavailable (open circuit breakers); retry shortly.",
-                      headers=[(b"retry-after", str(int(settings.ANVIL_BREAKER_COOLDOWN) or 1).encode())])
+    raise refusal(decision, "", circuits_open=tuple(a["serve"] for a in attempts if a["outcome"] == "skipped-circuit"))

@@ -51,6 +51,11 @@ class Decision:
     unknown_model: bool = False
     too_large: bool = False
     modality_unsupported: bool = False  # the request carries images and no serve that could answer takes them
+    denied: tuple[tuple[str, str], ...] = ()  # (serve, the profile cell that denied it), for refusals
+    # A request naming a serve that is not loaded: its model state (loading, unloaded, failed, unloading).
+    # Another model never answers in its place.
+    not_loaded: str = ""
+    not_loaded_error: str = ""
 
     def explain(self) -> dict[str, Any]:
         return {
@@ -60,8 +65,10 @@ class Decision:
             "candidates": [{"serve": c.serve.name, "tier": c.serve.tier, "verdict": c.verdict, "notes": list(c.notes)}
                            for c in self.candidates],
             "excluded": [{"serve": name, "why": why} for name, why in self.excluded],
+            "denied_by_profile": [{"serve": name, "why": why} for name, why in self.denied],
             "notes": list(self.notes),
             "modality_unsupported": self.modality_unsupported,
+            "not_loaded": self.not_loaded or None,
         }
 
 
@@ -138,6 +145,10 @@ def decide(body: dict[str, Any], serves: tuple[ServeView, ...], profile: Profile
     else:
         if model not in AUTO_MODELS:
             serve = next((s for s in serves if model in (s.name, s.served_model)), None)
+            if serve is not None and not serve.loaded:
+                return Decision(serve.name, "", True, (), ((serve.name, f"not loaded ({serve.model_state})"),),
+                                (f"serve {serve.name} is {serve.model_state}",), not_loaded=serve.model_state,
+                                not_loaded_error=serve.load_error)
             if serve is not None:
                 pinned_serve = serve.name
                 if serve.dialect not in dialects:
@@ -154,7 +165,7 @@ def decide(body: dict[str, Any], serves: tuple[ServeView, ...], profile: Profile
     result = route(able, profile, request, config)
     return Decision(model, classification.work_class, classification.confident, result.candidates, result.excluded,
                     (*classification.notes, *notes, *result.notes), too_large=result.too_large,
-                    modality_unsupported=result.modality_unsupported)
+                    modality_unsupported=result.modality_unsupported, denied=result.denied)
 
 
 def decide_for_path(model: str | None, serves: tuple[ServeView, ...], why_not: Callable[[ServeView], str | None],
@@ -173,11 +184,17 @@ def decide_for_path(model: str | None, serves: tuple[ServeView, ...], why_not: C
         if not pool:
             return Decision(named, work_class, True, (), notes=(f"no enabled serve is named {named!r}",),
                             unknown_model=True)
-    candidates, excluded = [], []
+    candidates, excluded, unloaded = [], [], []
     for serve in sorted(pool, key=lambda s: (tier_rank(s.tier, config), s.name)):
         reason = why_not(serve)
+        if reason is None and not serve.loaded:
+            reason = f"not loaded ({serve.model_state})"
+            unloaded.append(serve)
         if reason is None:
             candidates.append(Candidate(serve, "allow", ("answers this path",)))
         else:
             excluded.append((serve.name, reason))
+    if named and not candidates and unloaded:  # the model asked for is there, just not loaded
+        return Decision(named, work_class, True, (), tuple(excluded), not_loaded=unloaded[0].model_state,
+                        not_loaded_error=unloaded[0].load_error)
     return Decision(named, work_class, True, tuple(candidates), tuple(excluded))

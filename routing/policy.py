@@ -4,9 +4,10 @@
    must be supported, images go only to serves that take them (no serve offered takes
    them -> ``modality_unsupported``, a 400);
 2. the metered-cloud gate: metered tiers only for the work classes allowed to use them;
-3. the deny filter (fail-closed): a serve the profile denies is never a candidate;
-4. order by tier cost, and within a tier the resident (already running) serve first, so a
-   request does not force a model swap that another serve could avoid;
+3. the deny filter (fail-closed): a serve the profile denies is never a candidate, and
+   ``denied`` says which cell denied it, so a refusal can say the profile caused it;
+4. only loaded serves answer (a serve loading, unloaded or failed is excluded, saying so); order
+   by tier cost;
 5. not confident -> the pool collapses to the safer (most capable) tier present;
 6. a pin (a serve or tier named as ``model``) is a preference: it goes first when it is
    allowed; when it is not, the request goes to the gated pool with a note saying why.
@@ -54,6 +55,7 @@ class Route:
     too_large: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
     modality_unsupported: bool = False
+    denied: tuple[tuple[str, str], ...] = ()  # (serve, the profile cell that denied it): a subset of excluded
 
 
 def tier_rank(tier: str, config: PolicyConfig) -> int:
@@ -71,6 +73,7 @@ def route(serves: tuple[ServeView, ...], profile: Profile, request: PolicyInput,
                      notes=("the request carries images and no serve takes them",))
     candidates: list[Candidate] = []
     excluded: list[tuple[str, str]] = []
+    denied: list[tuple[str, str]] = []
     fits_context = 0
     for serve in serves:
         if serve.context_limit and request.needed_tokens > serve.context_limit:
@@ -78,6 +81,9 @@ def route(serves: tuple[ServeView, ...], profile: Profile, request: PolicyInput,
             excluded.append((serve.name, f"context: needs ~{needed} tokens, limit {limit}"))
             continue
         fits_context += 1
+        if not serve.loaded:  # traffic goes only to a loaded serve (serves/loading.py moves the states)
+            excluded.append((serve.name, f"not loaded ({serve.model_state})"))
+            continue
         if request.needs_images and not serve.takes_images:
             excluded.append((serve.name, _takes_no_images(serve)))
             continue
@@ -90,14 +96,14 @@ def route(serves: tuple[ServeView, ...], profile: Profile, request: PolicyInput,
         verdict, notes = profile.verdict(serve, request.work_class)
         if verdict == DENY:
             excluded.append((serve.name, "; ".join(notes) or "denied"))
+            denied.append((serve.name, profile.denial(serve, request.work_class)))
             continue
         candidates.append(Candidate(serve, verdict, notes, profile.measured(serve, request.work_class)))
     notes: list[str] = []
     if serves and not fits_context:
         return Route((), tuple(excluded), too_large=True, notes=("no serve's context fits this request",))
 
-    resident = {c.serve.name for c in candidates if c.serve.state == "running" or not c.serve.is_local}
-    candidates.sort(key=lambda c: (tier_rank(c.serve.tier, config), c.serve.name not in resident, c.serve.name))
+    candidates.sort(key=lambda c: (tier_rank(c.serve.tier, config), c.serve.name))
 
     pinned = [c for c in candidates if c.serve.name == request.pinned_serve] if request.pinned_serve else []
     if not request.confident and candidates:
@@ -121,4 +127,4 @@ def route(serves: tuple[ServeView, ...], profile: Profile, request: PolicyInput,
             notes.append(f"pinned to tier {request.pinned_tier}")
         else:
             notes.append(f"pin to tier {request.pinned_tier} denied (no allowed serve in it); routed to the gated pool")
-    return Route(tuple(candidates), tuple(excluded), False, tuple(notes))
+    return Route(tuple(candidates), tuple(excluded), False, tuple(notes), denied=tuple(denied))

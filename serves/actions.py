@@ -8,88 +8,19 @@ serve runs at a time, across every worker: the claim is a conditional UPDATE.
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import uuid
-from dataclasses import dataclass
-from datetime import timedelta
 
-from django.db.models import Q
 from django.utils import timezone
 
+from serves.claims import OperationResult, claim, release
 from serves.docker_state import DockerUnavailable, read_state
 from serves.lifecycle import Plan, PlanKind, plan_down, plan_up, run_plan, start_hint
-from serves.models import DockerState, Health, Serve, ServeEvent
+from serves.loading import ready, transition
+from serves.models import DockerState, Health, ModelState, Runtime, Serve, ServeEvent
 from serves.probes import gpu_memory, probe
 
 log = logging.getLogger(__name__)
 
-# A claim older than this belongs to a worker that died mid-operation.
-CLAIM_LEASE = timedelta(minutes=30)
-
 Outcome = ServeEvent.Outcome
-
-
-@dataclass(frozen=True)
-class OperationResult:
-    serve: str
-    action: str
-    outcome: str
-    detail: str
-    commands: list[list[str]]
-    state_before: str = ""
-    state_after: str = ""
-    output_tail: str = ""
-    event_id: int | None = None
-
-
-def claim(serve_id: int, action: str) -> str | None:
-    """Take the serve for one operation; None when another operation holds it.
-
-    A plain ``update``: the claim is not what the serve catalog shows, so it must not bump
-    ``updated_at`` (state writes go through ``write_state``, which does).
-    """
-    # host:pid:nonce — a claim whose process died on this host (a SIGKILLed worker) can be taken over
-    # at once by the redelivered task, instead of waiting out CLAIM_LEASE.
-    token = f"{_host()}:{os.getpid()}:{uuid.uuid4().hex[:16]}"
-    now = timezone.now()
-    taken = (
-        Serve.objects.filter(pk=serve_id)
-        .filter(Q(busy_token="") | Q(busy_since__lt=now - CLAIM_LEASE))
-        .update(busy_token=token, busy_since=now, busy_action=action)
-    )
-    if taken:
-        return token
-    held = Serve.objects.filter(pk=serve_id).values_list("busy_token", flat=True).first()
-    if held and _holder_died(held):
-        taken = Serve.objects.filter(pk=serve_id, busy_token=held).update(busy_token=token, busy_since=now,
-                                                                          busy_action=action)
-        if taken:
-            log.warning("took over serve %s's %s claim from a process that died (%s)", serve_id, action, held)
-            return token
-    return None
-
-
-def _host() -> str:
-    return socket.gethostname()[:32]  # busy_token is 64 characters
-
-
-def _holder_died(token: str) -> bool:
-    host, _, rest = token.partition(":")
-    pid = rest.partition(":")[0]
-    if host != _host() or not pid.isdigit():
-        return False  # another host's claim (or an old token): only its lease can tell
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def release(serve_id: int, token: str) -> None:
-    Serve.objects.filter(pk=serve_id, busy_token=token).update(busy_token="", busy_since=None, busy_action="")
 
 
 def _state_of(serve: Serve) -> tuple[DockerState, str]:
@@ -141,6 +72,8 @@ def do_lifecycle(serve_id: int, action: str, requested_by: str, *, dry_run: bool
         Serve.objects.filter(pk=serve_id).write_state(state=after, state_detail=plan.explanation[:500])
         log.info("serve %s: %s -> %s (%s by %s)", serve.name, state, after, action, requested_by)
         if result.ok:
+            _model_state_after_compose(serve, action, after, requested_by)
+        if result.ok:
             outcome, detail = Outcome.OK, plan.explanation
         else:
             code = "timed out" if result.returncode is None else f"exit {result.returncode}"
@@ -178,6 +111,8 @@ def do_status(serve_id: int, requested_by: str, *, record: bool = True) -> Opera
         )
         summary = f"{state}, health {health}" + (f", model {model}" if model else "")
         summary += f" ({detail})" if detail else ""
+        if serve.run_by == Runtime.COMPOSE:
+            _model_state_seen(serve, state, health)
         changed = state != before or health != serve.health
         if changed:  # one line on the terminal, and an event, for every change of state or health
             log.info("serve %s: %s, health %s -> %s, health %s", serve.name, before, serve.health, state, health)
@@ -186,6 +121,31 @@ def do_status(serve_id: int, requested_by: str, *, record: bool = True) -> Opera
         return OperationResult(serve.name, "status", Outcome.OK, summary, [], before, state)
     finally:
         release(serve_id, token)
+
+
+def _model_state_after_compose(serve: Serve, action: str, after: DockerState, requested_by: str) -> None:
+    """``up``/``down`` of a container moves its model state: loaded once it answers (the watch promotes a
+    container still starting), unloaded once stopped."""
+    serve.refresh_from_db()
+    if action == "up" and after == DockerState.RUNNING:
+        to = ModelState.LOADED if ready(serve) else ModelState.LOADING
+    elif action == "down" and after != DockerState.RUNNING:
+        to = ModelState.UNLOADED
+    else:
+        return
+    if serve.model_state != to:
+        transition(serve, to, action="load" if action == "up" else "unload", requested_by=requested_by,
+                   detail=f"container {after} (serves {action})")
+
+
+def _model_state_seen(serve: Serve, state: DockerState, health: Health) -> None:
+    """The status sweep's view of a container started or stopped outside Anvil."""
+    if state == DockerState.RUNNING and health == Health.OK and serve.model_state != ModelState.LOADED:
+        transition(serve, ModelState.LOADED, action="status", requested_by="status sweep",
+                   detail="the container runs and answers")
+    elif state not in (DockerState.RUNNING, DockerState.UNKNOWN) and serve.model_state == ModelState.LOADED:
+        transition(serve, ModelState.UNLOADED, action="status", requested_by="status sweep",
+                   detail=f"the container is {state}")
 
 
 def _down_detail(serve: Serve, state: DockerState) -> str:

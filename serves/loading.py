@@ -28,7 +28,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from serves import model_states
-from serves.actions import OperationResult, claim, release
+from serves.claims import OperationResult, claim, release
 from serves.models import LoadError, ModelState, Runtime, Serve, ServeEvent
 from serves.probes import gpu_of
 from serves.runtimes import runtime_for
@@ -169,8 +169,11 @@ def _load(serve: Serve, overrides: dict[str, Any], requested_by: str) -> Operati
     before = serve.model_state
     if before == ModelState.LOADED and runtime.observe(serve).running and ready(serve):
         return OperationResult(serve.name, "load", Outcome.NOTHING, "already loaded", [], before, before)
-    transition(serve, ModelState.LOADING, action="load", requested_by=requested_by, overrides=overrides,
-               detail=f"loading ({serve.run_by})")
+    if before == ModelState.LOADING:  # the request that queued this load recorded the transition already
+        Serve.objects.filter(pk=serve.pk).update(live_overrides=overrides)
+    else:
+        transition(serve, ModelState.LOADING, action="load", requested_by=requested_by, overrides=overrides,
+                   detail=f"loading ({serve.run_by})")
     memory_before = _used_mib(serve)
     started = runtime.start(serve, overrides)
     if not started.ok:
@@ -255,8 +258,14 @@ def do_unload(serve_id: int, requested_by: str) -> OperationResult:
 
 
 def watch(requested_by: str = "process watch") -> int:
-    """Notice, within seconds, a loaded process that died (and a compose serve whose container stopped)."""
+    """Notice, within seconds, a loaded process that died (and a compose serve whose container stopped);
+    promote a container brought up by ``serves up`` once it answers."""
     noticed = 0
+    for serve in Serve.objects.filter(enabled=True, model_state=ModelState.LOADING).exclude(container=""):
+        if serve.run_by == Runtime.COMPOSE and serve.busy_token == "" and ready(serve):
+            transition(serve, ModelState.LOADED, action="watch", requested_by=requested_by,
+                       detail="the container answers")
+            noticed += 1
     for serve in Serve.objects.filter(enabled=True, model_state=ModelState.LOADED).exclude(runtime=Runtime.REMOTE):
         if serve.run_by == Runtime.REMOTE:
             continue

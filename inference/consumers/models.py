@@ -2,7 +2,8 @@
 
 OpenAI's shapes (a list of ``model`` objects; one of them; a 404 with code ``model_not_found``),
 each model with an ``anvil`` object the SDKs ignore and a human or a harness reads: where the
-serve sits, its last known state, and what it can take.
+serve sits, its model state, and what it can take. The list holds the loaded models, as llm-pool's
+does (what a client can use now); ``?all=true`` lists every enabled serve with its state.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 from inference.auth import Principal
 from inference.consumers.base import FrontDoorConsumer
 from inference.errors import NotFound
-from serves.catalog import SERVE_CATALOG, ServeView
+from serves.catalog import ServeView, current_serves
 
 MODELS_PATH = "/v1/models"
 
@@ -27,7 +28,9 @@ def model_object(serve: ServeView) -> dict[str, Any]:
             "tier": serve.tier,
             "engine": serve.engine,
             "served_model": serve.served_model,
-            "state": serve.state,
+            "state": serve.model_state,
+            "runtime": serve.runtime,
+            "load_error": serve.load_error or None,
             "health": serve.health,
             "capabilities": {
                 "modalities": list(serve.modalities),
@@ -52,13 +55,15 @@ class ModelsConsumer(FrontDoorConsumer):
 
     async def respond(self, body: bytes, principal: Principal | None) -> None:
         model_id = self.scope["path"][len(MODELS_PATH):].strip("/")
-        serves = await SERVE_CATALOG.get()
+        serves = await current_serves()
         if not model_id:
-            await self.send_json(200, {"object": "list", "data": [model_object(serve) for serve in serves]})
+            every = b"all=true" in self.scope.get("query_string", b"").lower()
+            listed = [model_object(serve) for serve in serves if every or serve.loaded]
+            await self.send_json(200, {"object": "list", "data": listed})
             return
         serve = find(serves, model_id)
         if serve is None:  # perhaps a serve added a moment ago: look again before a 404
-            serve = find(await SERVE_CATALOG.get(force=True), model_id)
+            serve = find(await current_serves(force=True), model_id)
         if serve is None:
             raise NotFound(f"The model {model_id!r} does not exist.", param="model", code="model_not_found")
         await self.send_json(200, model_object(serve))

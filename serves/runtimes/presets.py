@@ -70,11 +70,12 @@ def _llama_cpp(serve: Serve, args: dict[str, Any]) -> list[str]:
                 "--alias", serve.served_model]
         return argv + _flags(args, [("ctx_size", "-c"), ("n_gpu_layers", "-ngl"), ("mmproj", "--mmproj"),
                                     ("draft_model", "-md"), ("chat_template", "--chat-template"),
-                                    ("flash_attn", "--flash-attn")])
+                                    ("flash_attn", "--flash-attn"), ("n_threads", "-t")])
     argv = [str(args.get("python") or sys.executable), "-m", "llama_cpp.server", "--model", model,
             "--host", "127.0.0.1", "--port", str(serve.port), "--model_alias", serve.served_model]
     return argv + _flags(args, [("ctx_size", "--n_ctx"), ("n_gpu_layers", "--n_gpu_layers"),
-                                ("chat_format", "--chat_format"), ("mmproj", "--clip_model_path")])
+                                ("chat_format", "--chat_format"), ("mmproj", "--clip_model_path"),
+                                ("n_threads", "--n_threads")])
 
 
 def _sglang(serve: Serve, args: dict[str, Any]) -> list[str]:
@@ -106,7 +107,7 @@ FIELDS: dict[str, frozenset[str]] = {
                             "tool_call_parser", "reasoning_parser", "speculative_config", "enforce_eager",
                             "chat_template", "extra_args"}),
     Preset.LLAMA_CPP: frozenset({"python", "binary", "model", "ctx_size", "n_gpu_layers", "mmproj", "draft_model",
-                                 "chat_template", "chat_format", "flash_attn", "extra_args"}),
+                                 "chat_template", "chat_format", "flash_attn", "n_threads", "extra_args"}),
     Preset.SGLANG: frozenset({"python", "model", "context_length", "mem_fraction_static", "tool_call_parser",
                               "reasoning_parser", "tp_size", "extra_args"}),
     Preset.RUNINFERENCE: frozenset({"python", "checkpoint", "max_tokens", "max_batch", "max_queue", "autocast",

@@ -40,6 +40,8 @@ MAX_LOG_BYTES = 8 * 1024 * 1024
 # What a serve's process never inherits from the host: Anvil's own secrets and upstream keys.
 _PRIVATE = re.compile(
     r"^(DATABASE_URL|REDIS_URL|DJANGO_SECRET_KEY|ANVIL_ADMIN_PASSWORD|ANVIL_UPSTREAM_KEY_.*|.*_API_KEY)$")
+# Nor the project's own interpreter settings: an engine in a venv of its own must not see Anvil's.
+_INTERPRETER = frozenset({"PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"})
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -113,7 +115,7 @@ def _group_members(pgid: int) -> list[str]:
 
 def process_env(serve: Serve) -> dict[str, str]:
     """The host's environment without Anvil's secrets, then the serve's own (``${NAME}`` read from the host)."""
-    env = {name: value for name, value in os.environ.items() if not _PRIVATE.match(name)}
+    env = {name: value for name, value in os.environ.items() if not _PRIVATE.match(name) and name not in _INTERPRETER}
     for name, value in (serve.env or {}).items():
         env[name] = _VARIABLE.sub(lambda match: os.environ.get(match.group(1), ""), value)
     if serve.library_path:

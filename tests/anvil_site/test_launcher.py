@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-EXPECTED_CHILDREN = {"web", "worker", "beat", "hrm"} | ({"redis"} if settings.REDIS_URL_IS_EMBEDDED else set())
+EXPECTED_CHILDREN = {"web", "worker", "beat"} | ({"redis"} if settings.REDIS_URL_IS_EMBEDDED else set())
 
 
 class Stack:
@@ -44,26 +45,45 @@ class Stack:
         return pids[0]
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    port, hrm_port = free_port(), free_port()
+def start_stack(tmp_path: Path, port: int, hrm_port: int, log_name: str = "stack.log") -> Stack:
     env = child_env(ANVIL_BIND=f"127.0.0.1:{port}", ANVIL_VAR_DIR=str(tmp_path / "var"),
                     ANVIL_HRM_PORT=str(hrm_port), ANVIL_ADMIN_PASSWORD="launcher-test-pass", NO_COLOR="1")
-    log = tmp_path / "stack.log"
+    log = tmp_path / log_name
     with open(log, "wb") as out:
         process = subprocess.Popen(manage("runstack"), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
     running = Stack(process, log, f"http://127.0.0.1:{port}", hrm_port)
+    wait_for(lambda: process.poll() is None and "Anvil is up at" in running.output(), 120,
+             "the launcher to report the stack is up")
+    return running
+
+
+def stop_stack(running: Stack) -> None:
+    leftovers = running.descendants() if running.process.poll() is None else []
+    stop_group(running.process)
+    for child in leftovers:
+        if child.is_running():
+            child.kill()
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    running = start_stack(tmp_path, free_port(), free_port())
     try:
-        wait_for(lambda: process.poll() is None and "Anvil is up at" in running.output(), 120,
-                 "the launcher to report the stack is up")
         yield running
     finally:
-        leftovers = running.descendants() if process.poll() is None else []
-        stop_group(process)
-        for child in leftovers:
-            if child.is_running():
-                child.kill()
+        stop_stack(running)
+
+
+def model_loaded(stack: Stack, auth: dict[str, str]) -> bool:
+    answer = httpx.get(f"{stack.url}/v1/models", headers=auth, timeout=5)
+    return "hrm-demo" in [m["id"] for m in answer.json()["data"]]
+
+
+def engine_pid(tmp_path: Path) -> int:
+    """The demo model's engine: the child of its keeper (serves/process_keeper.py)."""
+    keeper = json.loads((tmp_path / "var" / "serves" / "hrm-demo" / "process.json").read_text())["pid"]
+    return psutil.Process(keeper).children()[0].pid
 
 
 def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
@@ -76,9 +96,8 @@ def test_stack_serves_and_stops_every_child_on_sigterm(stack: Stack) -> None:
     assert httpx.get(f"{stack.url}/readyz", timeout=5).status_code == 200
     minted = create_key("launcher-test")
     auth = {"Authorization": f"Bearer {minted.secret}"}
-    wait_for(lambda: "hrm-demo" in [m["id"] for m in httpx.get(f"{stack.url}/v1/models", headers=auth,
-                                                                timeout=5).json()["data"]],
-             10, "the launcher's HRM worker to be listed")
+    # The demo model is a process serve the stack's worker loads: listed once it is loaded.
+    wait_for(lambda: model_loaded(stack, auth), 120, "the demo model to be loaded")
     # The in-worker engine answers through the front door: its own contract, and OpenAI chat.
     generated = httpx.post(f"{stack.url}/generate", headers=auth, timeout=60,
                            json={"prompts": ["def "], "max_tokens": 4, "temperature": 0})
@@ -90,33 +109,76 @@ def test_stack_serves_and_stops_every_child_on_sigterm(stack: Stack) -> None:
     admin = httpx.get(f"{stack.url}/admin/login/", timeout=5)
     assert admin.status_code == 200
 
-    family = stack.descendants()
-    assert len(family) >= len(EXPECTED_CHILDREN)
+    family = stack.descendants()  # the model's keeper and engine too: the worker started them
+    assert len(family) >= len(EXPECTED_CHILDREN) + 2
     os.kill(stack.process.pid, signal.SIGTERM)
-    assert stack.process.wait(timeout=60) == 0
+    assert stack.process.wait(timeout=90) == 0
     wait_for(lambda: not alive(family), 10, "every child and grandchild to exit")
     for name in EXPECTED_CHILDREN:
         assert f"{name} stopped" in stack.output()
+    assert "serve hrm-demo stopped" in stack.output()
 
 
-def test_a_killed_hrm_worker_comes_back_while_web_answers_and_a_killed_web_stops_the_stack(stack: Stack) -> None:
-    auth = {"Authorization": f"Bearer {create_key('launcher-restart-test').secret}"}
-    first = stack.child_pid("hrm")
-    os.kill(first, signal.SIGKILL)
-    wait_for(lambda: f"hrm (pid {first}) exited with code -9; restarting it in 1 s" in stack.output(), 10,
-             "the launcher to report the HRM worker's death")
+def test_a_dead_model_is_failed_and_reloaded_while_web_answers_and_a_killed_web_stops_the_stack(
+        stack: Stack, tmp_path: Path) -> None:
+    auth = {"Authorization": f"Bearer {create_key('launcher-model-test').secret}"}
+    admin = {"Authorization": f"Bearer {create_key('launcher-admin', ['admin']).secret}"}
+    wait_for(lambda: model_loaded(stack, auth), 120, "the demo model to be loaded")
+    os.kill(engine_pid(tmp_path), signal.SIGKILL)
+
+    def state() -> dict:
+        rows = httpx.get(f"{stack.url}/v1/admin/models", headers=admin, timeout=5).json()["data"]
+        return next(row for row in rows if row["id"] == "hrm-demo")
+
+    failed = wait_for(lambda: state()["state"] == "failed" and state(), 20, "the watch to notice the dead engine")
+    assert failed["last_error"]["code"] == "exited"
+
+    def refused() -> bool:  # every web process sees a state change within a second (the Redis mirror)
+        answer = httpx.post(f"{stack.url}/v1/chat/completions", headers=auth, timeout=10, json={
+            "model": "hrm-demo", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4})
+        return answer.status_code == 503 and answer.json()["error"]["code"] == "model_not_loaded"
+
+    wait_for(refused, 5, "the front door to refuse the failed model with model_not_loaded")
     assert httpx.get(f"{stack.url}/readyz", timeout=5).status_code == 200  # the front door stays up meanwhile
-    wait_for(lambda: len(stack.pids("hrm")) == 2, 15, "the launcher to restart the HRM worker")
-    wait_for(lambda: http_ok(f"http://127.0.0.1:{stack.hrm_port}/readyz"), 120, "the restarted worker to be ready")
+    assert httpx.post(f"{stack.url}/v1/admin/models/hrm-demo/load", headers=auth, timeout=10).status_code == 403
+    assert httpx.post(f"{stack.url}/v1/admin/models/hrm-demo/load", headers=admin, timeout=10).status_code == 202
+    wait_for(lambda: model_loaded(stack, auth), 120, "the demo model to be loaded again")
     generated = httpx.post(f"{stack.url}/generate", headers=auth, timeout=60,
                            json={"prompts": ["def "], "max_tokens": 4, "temperature": 0})
     assert generated.status_code == 200 and generated.headers["x-anvil-served-by"] == "hrm-demo", generated.text
-    assert stack.process.poll() is None
 
     # Without the web process there is no front door to keep alive: its death stops everything.
     family = stack.descendants()
     web = stack.child_pid("web")
     os.kill(web, signal.SIGKILL)
-    assert stack.process.wait(timeout=60) == 1
+    assert stack.process.wait(timeout=90) == 1
     assert f"web (pid {web}) exited with code -9; stopping the rest of the stack" in stack.output()
     wait_for(lambda: not alive(family), 10, "every other child to exit")
+
+
+def test_a_restarted_stack_adopts_the_running_model_instead_of_starting_another(tmp_path: Path) -> None:
+    port, hrm_port = free_port(), free_port()
+    first = start_stack(tmp_path, port, hrm_port, "first.log")
+    auth = {"Authorization": f"Bearer {create_key('launcher-adopt-test').secret}"}
+    try:
+        wait_for(lambda: model_loaded(first, auth), 120, "the demo model to be loaded")
+        engine = engine_pid(tmp_path)
+        os.kill(first.process.pid, signal.SIGKILL)  # the launcher dies with no chance to stop anything
+        first.process.wait(timeout=30)
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/healthz") is False, 30, "the old web process to go")
+        assert psutil.pid_exists(engine)  # a process serve outlives its worker, and here its stack
+    finally:
+        for child in first.descendants() if first.process.poll() is None else []:
+            child.kill()
+    second = start_stack(tmp_path, port, hrm_port, "second.log")
+    try:
+        wait_for(lambda: model_loaded(second, auth), 60, "the adopted model to be listed")
+        assert engine_pid(tmp_path) == engine  # adopted, not started twice
+        generated = httpx.post(f"{second.url}/generate", headers=auth, timeout=60,
+                               json={"prompts": ["def "], "max_tokens": 4, "temperature": 0})
+        assert generated.status_code == 200
+    finally:
+        os.kill(second.process.pid, signal.SIGTERM)
+        second.process.wait(timeout=90)
+        stop_stack(second)
+    assert not psutil.pid_exists(engine) or psutil.Process(engine).status() == psutil.STATUS_ZOMBIE

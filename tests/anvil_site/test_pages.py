@@ -74,11 +74,13 @@ def test_rest_api_requires_an_operator_and_never_shows_secrets(operator_client: 
 def test_admin_creates_a_key_and_shows_its_secret_exactly_once(operator_client: Client) -> None:
     form = operator_client.get("/admin/inference/apikey/add/").content.decode()
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]
-    answer = operator_client.post("/admin/inference/apikey/add/", {"name": "from-admin", "csrfmiddlewaretoken": token})
+    answer = operator_client.post("/admin/inference/apikey/add/", {"name": "from-admin", "scopes": ["inference", "admin"],
+                                                                   "csrfmiddlewaretoken": token})
     assert answer.status_code == 200
     secret = re.search(r'value="(anv_[^"]+)"', answer.content.decode()).group(1)  # type: ignore[union-attr]
     row = ApiKey.objects.get(name="from-admin")
     assert row.secret_hash == hashlib.sha256(secret.encode()).hexdigest()
+    assert sorted(row.scopes) == ["admin", "inference"]
     assert secret not in operator_client.get(f"/admin/inference/apikey/{row.pk}/change/").content.decode()
 
 

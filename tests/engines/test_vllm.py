@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import anthropic
-import httpx
 import openai
 import pytest
 
@@ -70,44 +69,33 @@ def anth(anvil: str, key: str, served: str) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=anvil, api_key=key, max_retries=0, timeout=120)
 
 
-def test_chat_stream_is_identical_direct_and_through_anvil_and_streams_as_made(
+def test_chat_stream_is_identical_direct_and_through_anvil(
         direct: openai.OpenAI, oai: openai.OpenAI, vllm_engine: EnginePeer) -> None:
     params = {**GREEDY, "messages": QUESTION, "max_tokens": 400, "logprobs": True,
               "stream_options": {"include_usage": True}}
     own = timed_chat_stream(direct, vllm_engine.served_model, **params)
-    relayed = timed_chat_stream(oai, SERVE, on_first_content=lambda: requests_running(vllm_engine), **params)
+    relayed = timed_chat_stream(oai, SERVE, **params)
     # vLLM's chunk boundaries are not deterministic: when its API process falls behind the engine
     # (a loaded CPU), it merges the tokens waiting for a request into one chunk. Each token's logprob
     # entry rides in the chunk that carries it, so the token sequence is the comparable unit.
     assert relayed.tokens == own.tokens and relayed.text == own.text
     assert relayed.finish_reason == own.finish_reason
     assert relayed.completion_tokens == own.completion_tokens == len(own.tokens) == 400
-    # The client had its first chunk while the engine was still making the answer (400 tokens take
-    # seconds on a CPU). A relay that held the answer (a commit window over the whole stream) would
-    # deliver its first chunk only after the engine had finished.
-    assert relayed.at_first_content == 1, (
-        f"the engine was running {relayed.at_first_content} requests when the first chunk arrived through Anvil "
-        f"(content arrived {relayed.arrived[0]:.3f}..{relayed.arrived[-1]:.3f} s through Anvil, "
-        f"{own.arrived[0]:.3f}..{own.arrived[-1]:.3f} s from the engine)")
+    # That the first chunk reaches the client while the engine is still writing is shown where the
+    # engine's pace can be read: llama.cpp's server (tests/engines/test_llama_cpp.py) and the scripted
+    # engine (tests/inference/test_stream_commit_rules.py). vLLM's API server is no witness on a loaded
+    # CPU: it delivers 400 tokens over anything from 0.07 to 1.5 s, in bursts, and its
+    # num_requests_running gauge lags its engine steps by hundreds of milliseconds.
 
 
-def test_strict_stream_verify_holds_the_answer_until_the_engine_is_done(
+def test_a_strict_stream_is_held_verified_and_replayed_token_for_token(
         anvil: str, key: str, direct: openai.OpenAI, vllm_engine: EnginePeer) -> None:
-    # The other side of the test above: it shows the probe tells a held stream from a streamed one.
     register(anvil, key, vllm_engine, "vllm-strict", engine="vllm", stream_verify="strict")
     oai = openai.OpenAI(base_url=f"{anvil}/v1", api_key=key, max_retries=0, timeout=120)
     params = {**GREEDY, "messages": QUESTION, "max_tokens": 400, "logprobs": True}
     own = timed_chat_stream(direct, vllm_engine.served_model, **params)
-    held = timed_chat_stream(oai, "vllm-strict", on_first_content=lambda: requests_running(vllm_engine), **params)
-    assert held.tokens == own.tokens  # verified whole, then replayed as the engine sent it
-    assert held.at_first_content == 0
-
-
-def requests_running(engine: EnginePeer) -> float:
-    """vLLM's own count of requests it is generating for now (its Prometheus gauge)."""
-    metrics = httpx.get(f"{engine.root}/metrics", timeout=5).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-               if line.startswith("vllm:num_requests_running"))
+    held = timed_chat_stream(oai, "vllm-strict", **params)
+    assert held.tokens == own.tokens  # verified whole, then replayed token for token as the engine sent it
 
 
 def test_completions_with_logprobs_and_echo_are_identical_direct_and_through_anvil(

@@ -112,7 +112,8 @@ def test_models_say_what_each_serve_can_take_and_retrieve_finds_one(
     vision = listed[names["vision"]]
     assert vision["object"] == "model" and vision["owned_by"] == "anvil"
     assert vision["anvil"] == {
-        "tier": "heavy", "engine": "vllm", "served_model": "scripted", "state": "unknown", "health": "unknown",
+        "tier": "heavy", "engine": "vllm", "served_model": "scripted", "state": "loaded", "runtime": "remote",
+        "load_error": None, "health": "unknown",
         "capabilities": {"modalities": ["text", "image"], "tools": False, "thinking": "template", "embeddings": True,
                          "responses_api": True, "context_limit": 32768}}
     assert listed[names["text"]]["anvil"]["capabilities"] == {

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from inference.auth import KEY_CACHE
 from inference.keys import create_key
 from tests.support.asgi import Answer, call
 
@@ -27,7 +28,9 @@ VALID = {"/v1/chat/completions": CHAT, "/v1/messages": MESSAGES, "/v1/completion
 
 @pytest.fixture
 def key() -> str:
-    return create_key("shapes").secret
+    minted = create_key("shapes").secret
+    KEY_CACHE.invalidate()  # this process's cache may still hold the previous test's keys (rate-limited checks)
+    return minted
 
 
 def post(path: str, key: str, body: bytes) -> Answer:

@@ -14,11 +14,11 @@ WORK_CLASSES = ["chat", "bounded-edit", "multi-file-refactor", "planning", "revi
 
 
 def serve(name: str, tier: str = "fast", context: int | None = None, tools: bool = True, state: str = "running",
-          local: bool = True) -> ServeView:
+          local: bool = True, model_state: str = "loaded") -> ServeView:
     return ServeView(id=hash(name) % 1000, name=name, tier=tier, engine="vllm", dialect="openai",
                      base_url="http://127.0.0.1:1/v1", served_model=name, api_key_env="", context_limit=context,
                      supports_tools=tools, fingerprint="f", extra_body={}, is_local=local, state=state,
-                     health="ok", created=0)
+                     health="ok", created=0, runtime="compose" if local else "remote", model_state=model_state)
 
 
 def test_unmeasured_local_tiers_are_denied_planning_and_cloud_allowed() -> None:
@@ -35,11 +35,13 @@ def test_metered_gate_keeps_cloud_out_of_chat() -> None:
     assert result.candidates[0].verdict == "allow-with-verify"
 
 
-def test_cost_order_then_residency() -> None:
-    serves = (serve("heavy-1", tier="heavy"), serve("fast-cold", state="exited"), serve("fast-warm"))
+def test_cost_order_and_only_loaded_serves() -> None:
+    serves = (serve("heavy-1", tier="heavy"), serve("fast-cold", model_state="unloaded"), serve("fast-warm"),
+              serve("fast-loading", model_state="loading"))
     profile = Profile(tiers={("fast", "chat"): Cell("allow"), ("heavy", "chat"): Cell("allow")})
-    names = [c.serve.name for c in route(serves, profile, PolicyInput("chat"), CONFIG).candidates]
-    assert names == ["fast-warm", "fast-cold", "heavy-1"]
+    result = route(serves, profile, PolicyInput("chat"), CONFIG)
+    assert [c.serve.name for c in result.candidates] == ["fast-warm", "heavy-1"]
+    assert dict(result.excluded) == {"fast-cold": "not loaded (unloaded)", "fast-loading": "not loaded (loading)"}
 
 
 def test_not_confident_collapses_to_the_safer_tier() -> None:

@@ -136,7 +136,7 @@ def test_two_concurrent_ups_of_one_serve_run_it_once(docker_engine, compose_serv
     for thread in threads:
         thread.join(timeout=120)
     assert sorted(outcomes) == ["busy", "ok"]
-    assert ServeEvent.objects.filter(serve=serve, outcome="ok").count() == 1
+    assert ServeEvent.objects.filter(serve=serve, action="up", outcome="ok").count() == 1
     serve.refresh_from_db()
     assert serve.busy_token == ""  # released
 

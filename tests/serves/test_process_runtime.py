@@ -10,13 +10,17 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 from django.conf import settings
 
+from anvil_site.celery import app
+from serves import tasks
 from serves.loading import InvalidLoadRequest, check_overrides, do_load, do_unload, watch
 from serves.models import LoadError, ModelState, Serve, ServeEvent
 from serves.runtimes.process import PROCESSES, ProcessRuntime, serve_dir
+from tests.support.celery_worker import celery_worker
 from tests.support.processes import ROOT, free_port
 from tests.support.waiting import wait_for
 
@@ -158,3 +162,46 @@ def test_overrides_outside_the_load_constraints_are_refused_naming_them() -> Non
         with pytest.raises(InvalidLoadRequest) as refused:
             check_overrides(serve, bad)
         assert refused.value.field == field
+
+
+def slow_start(seconds: float) -> list[str]:
+    """A scripted engine that takes ``seconds`` to listen: a model loading."""
+    start = (f"import runpy, sys, time; time.sleep({seconds}); sys.argv = [{SCRIPTED!r}, '--port', sys.argv[1]]; "
+             f"runpy.run_path({SCRIPTED!r}, run_name='__main__')")
+    return [sys.executable, "-c", start, "{port}"]
+
+
+def keepers_of(serve: Serve) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if any(part.endswith("process_keeper.py") for part in cmdline) and serve.name in cmdline \
+                and process.status() != psutil.STATUS_ZOMBIE:
+            found.append(process)
+    return found
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_load_is_redelivered_and_never_starts_a_second_engine(logs_dir: Path) -> None:
+    serve = process_serve("redeliver", slow_start(6))
+    with celery_worker(logs_dir):
+        sent = tasks.serve_load.apply_async((serve.pk, {}, "test"))
+
+        def pool_running_it() -> psutil.Process | None:
+            for running in (app.control.inspect(timeout=1.0).active() or {}).values():
+                for task in running:
+                    if task["id"] == sent.id:
+                        return psutil.Process(task["worker_pid"])
+            return None
+
+        pool = wait_for(pool_running_it, 30, "a pool process to take the load")
+        wait_for(lambda: keepers_of(serve), 10, "the engine to be started")
+        assert Serve.objects.get(pk=serve.pk).model_state == ModelState.LOADING
+        pool.send_signal(signal.SIGKILL)  # mid-load: the engine runs on, its starter is gone
+        pool.wait(timeout=10)
+        wait_for(lambda: Serve.objects.get(pk=serve.pk).model_state == ModelState.LOADED, 60,
+                 "the redelivered load to adopt the engine and finish")
+        assert len(keepers_of(serve)) == 1  # one engine, adopted, never a second
+        assert app.AsyncResult(sent.id).get(timeout=30)["outcome"] == "ok"
+    PROCESSES.stop(serve)
+    assert not keepers_of(serve)

@@ -1,6 +1,6 @@
-"""Residency reaches routing: a serve brought up (or found running by the status sweep) is ordered first
-within its tier by Anvil's web process, within the serve sync interval. Real Docker, real Compose,
-Anvil under Daphne."""
+"""Residency reaches routing: only a loaded serve is routed, and a container brought up (or found running
+by the status sweep) is loaded and routed by Anvil's web process within about a second; one brought down
+is not. Real Docker, real Compose, Anvil under Daphne."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import pytest
 
 from inference.keys import create_key
 from serves.actions import do_lifecycle
+from serves.loading import watch
+from serves.models import ModelState, Serve
 from serves.tasks import sweep_status
 from tests.support.live import live_anvil
 from tests.support.waiting import wait_for
@@ -37,21 +39,26 @@ def routed_first(anvil: str, key: str) -> str:
     return (decision.get("candidates") or [{}])[0].get("serve", "")
 
 
+def loaded_by_the_watch(serve_id: int) -> bool:
+    """What beat runs every 3 s: a container still starting after `up` is loaded once it answers."""
+    watch()
+    return Serve.objects.get(pk=serve_id).model_state == ModelState.LOADED
+
+
 def test_a_serve_brought_up_is_routed_first_within_the_sync_interval(
         anvil: str, docker_engine: docker.DockerClient, compose_serve) -> None:  # type: ignore[no-untyped-def]
     compose_serve(name="a-cold")
     warm, project = compose_serve(name="b-warm")
     key = create_key("residency").secret
-    # Neither is running (state unknown): within the tier, by name.
-    wait_for(lambda: routed_first(anvil, key) == "a-cold", 10, "Anvil to route both serves, by name")
-
+    # Neither is running: neither is loaded, and nothing is routed.
+    wait_for(lambda: routed_first(anvil, key) == "", 10, "Anvil to see both serves unloaded")
     assert do_lifecycle(warm.pk, "up", "test").outcome == "ok"  # what `serves up` and the admin run
+    wait_for(lambda: loaded_by_the_watch(warm.pk), 30, "the container to answer")
     wait_for(lambda: routed_first(anvil, key) == "b-warm", SHOWS_WITHIN, "the serve brought up to be routed first")
-
     assert do_lifecycle(warm.pk, "down", "test").outcome == "ok"
-    wait_for(lambda: routed_first(anvil, key) == "a-cold", SHOWS_WITHIN, "the stopped serve to lose its place")
-
-    # Started behind Anvil's back: the status sweep finds it running, and routing follows.
+    wait_for(lambda: routed_first(anvil, key) == "", SHOWS_WITHIN, "the stopped serve to lose its place")
+    # Started behind Anvil's back: the status sweep finds it running and answering, and routing follows.
     docker_engine.containers.get(project.container).start()
-    sweep_status()
+    wait_for(lambda: sweep_status() and Serve.objects.get(pk=warm.pk).model_state == ModelState.LOADED, 30,
+             "the sweep to find it loaded")
     wait_for(lambda: routed_first(anvil, key) == "b-warm", SHOWS_WITHIN, "the swept serve to be routed first")

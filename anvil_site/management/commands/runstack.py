@@ -17,7 +17,6 @@ from anvil_site.launcher import (
     Supervisor,
     beat_spec,
     embedded_redis_spec,
-    hrm_spec,
     port_is_free,
     web_spec,
     worker_spec,
@@ -50,13 +49,14 @@ class Command(BaseCommand):
             call_command("migrate", interactive=False, verbosity=0)
             admin = ensure_admin_user()
             hrm = None if options["no_hrm"] else settings.ANVIL_HRM_CHECKPOINT
-            if hrm is not None:
-                self._start_hrm(supervisor, hrm)
+            hrm_serve = self._register_hrm(supervisor, hrm) if hrm is not None else None
             supervisor.start(web_spec(bind.host, bind.port, f"{bind.url}/readyz",
                                       behind_proxy=settings.ANVIL_BEHIND_TLS_PROXY))
             supervisor.start(worker_spec(options["worker_concurrency"]))
             if not options["no_beat"]:
                 supervisor.start(beat_spec(settings.VAR_DIR))
+            if hrm_serve is not None:
+                self._load_hrm(supervisor, hrm_serve)
             self._banner(supervisor, admin)
             code = supervisor.wait()
         except StopRequested as exc:  # Ctrl-C or SIGTERM during start-up: a stop, not a failure
@@ -65,26 +65,58 @@ class Command(BaseCommand):
         except LaunchError as exc:
             supervisor.say(f"cannot start: {exc}", colour="31")
         finally:
-            supervisor.stop_all()
+            supervisor.stop_all(before_infrastructure=lambda: self._stop_processes(supervisor))
         if code:
             raise SystemExit(code)
 
-    def _start_hrm(self, supervisor: Supervisor, checkpoint: Any) -> None:
+    def _register_hrm(self, supervisor: Supervisor, checkpoint: Any) -> int:
+        """The demo checkpoint as a process serve; the worker loads it once it runs (its id is returned)."""
         import json
 
-        from serves.workers import register_worker
+        from serves.workers import register_checkpoint
 
         port, name = settings.ANVIL_HRM_PORT, settings.ANVIL_HRM_SERVE
         if not (checkpoint / "config.json").is_file():
             raise LaunchError(f"ANVIL_HRM_CHECKPOINT={checkpoint} is not a checkpoint (no config.json). Train one "
                               f"with `python manage.py trainhrm --out DIR`, or set ANVIL_HRM_CHECKPOINT=off.")
-        if not port_is_free("127.0.0.1", port):
-            raise LaunchError(f"127.0.0.1:{port} (ANVIL_HRM_PORT) is already in use; choose another port.")
-        supervisor.start(hrm_spec(checkpoint, port, name))
         config = json.loads((checkpoint / "config.json").read_text())
         context = config.get("max_seq_len") or config.get("n_positions")
-        register_worker(name, port, name, tier=settings.ANVIL_HRM_TIER, context_limit=context)
-        supervisor.say(f"serve {name!r} (engine hrm) registered at http://127.0.0.1:{port}/v1")
+        serve = register_checkpoint(name, port, str(checkpoint), tier=settings.ANVIL_HRM_TIER, context_limit=context)
+        if serve.current_model_state != "loaded" and not port_is_free("127.0.0.1", port):
+            # Adopted below if it is this serve's own process from an earlier stack; anything else is in the way.
+            from serves.runtimes.process import PROCESSES
+
+            if PROCESSES.record(serve) is None:
+                raise LaunchError(f"127.0.0.1:{port} (ANVIL_HRM_PORT) is already in use; choose another port.")
+        supervisor.say(f"serve {name!r} (engine hrm, process runtime) registered on port {port}")
+        return serve.pk
+
+    def _load_hrm(self, supervisor: Supervisor, serve_id: int) -> None:
+        from serves.models import Serve
+        from serves.operations import request_load
+
+        serve = Serve.objects.get(pk=serve_id)
+        requested = request_load(serve.name, {}, "runstack")
+        state = requested.serve["state"]
+        supervisor.say(f"serve {serve.name!r}: {'loading' if requested.accepted else state} "
+                       "(GET /v1/admin/models shows its state)")
+
+    def _stop_processes(self, supervisor: Supervisor) -> None:
+        """The process serves this stack's host runs stop with it (they outlive a worker, not the stack)."""
+        from serves.loading import transition
+        from serves.models import ModelState, Serve
+        from serves.runtimes.process import PROCESSES, recorded_serves
+
+        try:
+            for serve in Serve.objects.filter(name__in=recorded_serves()):
+                if PROCESSES.stop(serve):
+                    transition(serve, ModelState.UNLOADED, action="unload", requested_by="runstack",
+                               detail="stopped with the stack")
+                    supervisor.say(f"serve {serve.name} stopped")
+        except Exception as exc:  # the database or Redis may be gone already: the processes still must not stay
+            supervisor.say(f"stopping process serves: {exc}; stopping every recorded one", colour="31")
+            for name in recorded_serves():
+                PROCESSES.stop(Serve(name=name, stop_timeout=30))
 
     def _banner(self, supervisor: Supervisor, admin: Any) -> None:
         bind = settings.ANVIL_BIND
