@@ -2,35 +2,45 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+SUM    := $(shell cksum pyproject.toml | cut -d' ' -f1)
+# Two installs: `make run` takes only what running Anvil needs (~1.2 GB, most of it torch);
+# `make test` adds the test, training and baseline extras (lm-eval, playwright, transformers...).
+RUN_STAMP  := $(VENV)/.installed-run-$(SUM)
+TEST_STAMP := $(VENV)/.installed-test-$(SUM)
 # torch first, pinned, so pip takes the machine's local CPU wheel instead of
 # fetching the newest CUDA build for the `torch>=…` range in pyproject.toml.
 TORCH  ?= torch==2.13.0
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 
 .PHONY: run test install engines check clean
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)" numpy
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,dev]'
-	rm -f $(VENV)/.installed-*
-	touch $(STAMP)
+	$(PIP) "$(TORCH)" numpy
+	$(PIP) -e .
+	rm -f $(VENV)/.installed-run-*
+	touch $@
 
-install: $(STAMP)
+$(TEST_STAMP): $(RUN_STAMP)
+	$(PIP) -e '.[test,dev]'
+	rm -f $(VENV)/.installed-test-*
+	touch $@
 
-run: $(STAMP)
+install: $(RUN_STAMP)
+
+run: $(RUN_STAMP)
 	$(PY) manage.py runstack
 
 # The real engines tests/engines runs against (vLLM on the CPU, llama.cpp's server, and the tiny
 # Llama they serve), each in a venv of its own under ~/.cache/anvil-engines (ANVIL_ENGINES_DIR).
 # Built once, 15-20 minutes on 2 cores; on a warm machine it checks three stamps and builds nothing.
-engines: $(STAMP)
+engines: $(TEST_STAMP)
 	$(PY) -m tests.support.engines build
 
-test: $(STAMP) engines
+test: $(TEST_STAMP) engines
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-check: $(STAMP)
+check: $(TEST_STAMP)
 	$(PY) -m ruff check .
 	$(PY) manage.py check
 

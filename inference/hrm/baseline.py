@@ -20,6 +20,15 @@ from inference.hrm.engine import ContextExceeded, QueueFull, SamplingParams, Seq
 from inference.hrm.sampling import SAMPLING_EPS
 
 
+def _transformers():  # type: ignore[no-untyped-def]
+    """transformers is an extra (`make run` does not install it): say which one when it is missing."""
+    try:
+        import transformers
+    except ImportError as error:
+        raise CheckpointError("the baseline engine needs transformers: pip install -e '.[baseline]'") from error
+    return transformers
+
+
 def baseline_depth(config: HRMConfig) -> int:
     """GPT-2 layers doing the HRM's work per token: the blocks its unrolled cycles apply.
 
@@ -32,7 +41,8 @@ def baseline_depth(config: HRMConfig) -> int:
 def build_gpt2(directory: Path, tokenizer: Tokenizer, *, d_model: int, layers: int, heads: int, max_seq_len: int,
                seed: int = 0) -> None:
     """Write a freshly initialised GPT-2 (config.json, model.safetensors) and the tokenizer into ``directory``."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    transformers = _transformers()
+    GPT2Config, GPT2LMHeadModel = transformers.GPT2Config, transformers.GPT2LMHeadModel  # noqa: N806
 
     eos = tokenizer.token_to_id(EOS)
     config = GPT2Config(vocab_size=tokenizer.get_vocab_size(), n_positions=max_seq_len, n_embd=d_model,
@@ -45,7 +55,7 @@ def build_gpt2(directory: Path, tokenizer: Tokenizer, *, d_model: int, layers: i
 
 class HFEngine:
     def __init__(self, directory: Path, *, device: str = "cpu", max_batch: int = 16, max_queue: int = 256) -> None:
-        from transformers import AutoModelForCausalLM
+        AutoModelForCausalLM = _transformers().AutoModelForCausalLM  # noqa: N806
 
         if not (directory / "tokenizer.json").is_file():
             raise CheckpointError(f"{directory} has no tokenizer.json")

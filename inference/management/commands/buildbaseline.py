@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 
 class Command(BaseCommand):
@@ -20,11 +20,14 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         from inference.hrm.baseline import baseline_depth, build_gpt2
-        from inference.hrm.checkpoint import load_checkpoint
+        from inference.hrm.checkpoint import CheckpointError, load_checkpoint
 
-        model, tokenizer = load_checkpoint(options["like"])
-        layers = baseline_depth(model.config)
-        build_gpt2(options["out"], tokenizer, d_model=model.config.d_model, layers=layers,
-                   heads=model.config.n_heads, max_seq_len=model.config.max_seq_len, seed=options["seed"])
+        try:
+            model, tokenizer = load_checkpoint(options["like"])
+            layers = baseline_depth(model.config)
+            build_gpt2(options["out"], tokenizer, d_model=model.config.d_model, layers=layers,
+                       heads=model.config.n_heads, max_seq_len=model.config.max_seq_len, seed=options["seed"])
+        except CheckpointError as error:
+            raise CommandError(str(error)) from error
         self.stdout.write(f"GPT-2 baseline: {layers} layers, d_model {model.config.d_model} -> {options['out']}")
 

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 
 class Command(BaseCommand):
@@ -24,7 +24,13 @@ class Command(BaseCommand):
         parser.add_argument("--vocab", type=int, default=1024)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        import importlib.util
+
         import torch
+
+        # Checked before training, not after it: the loss curve is the training's report.
+        if importlib.util.find_spec("matplotlib") is None:
+            raise CommandError("trainhrm draws its loss curve with matplotlib: pip install -e '.[train]'")
 
         from inference.hrm.config import HRMConfig
         from inference.hrm.training import plot_losses, train
