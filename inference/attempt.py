@@ -128,12 +128,14 @@ def expectations(body: dict[str, Any]) -> Expectations:
 
 
 async def run_attempt(sink: ResponseSink, exchange: Exchange, request: UpstreamRequest, *,
-                      rule: CommitRule, verify_whole: bool, keep_answer: bool = False) -> AttemptOutcome:
+                      rule: CommitRule, verify_whole: bool, keep_answer: bool = False,
+                      out: AttemptOutcome | None = None) -> AttemptOutcome:
     """One try at ``exchange.serve``; never raises (a cancelled request aside).
 
     ``keep_answer``: the attempt is sampled for live calibration; a whole answer that reaches the
-    client is also kept, reduced, in ``outcome.answer``."""
-    out = AttemptOutcome(exchange.serve.name)
+    client is also kept, reduced, in ``outcome.answer``. ``out``: the outcome to fill in, so that
+    a caller whose client leaves mid-answer still knows what had been sent."""
+    out = out or AttemptOutcome(exchange.serve.name)
     name = exchange.serve.name
     try:
         async with open_upstream(request) as upstream:

@@ -82,6 +82,15 @@ class DecisionRecordDraft:
         if final.first_byte_at:
             self.ttft_ms = round((final.first_byte_at - started) * 1000, 3)
 
+    def client_left(self, current: AttemptOutcome, started: float) -> None:
+        """The client went away during ``current``: keep what it had been sent (serve, TTFT, bytes)."""
+        self.attempts.append({**current.as_log(), "outcome": "client-gone"})
+        if current.committed:
+            self.served_by, self.bytes_out = current.serve, current.bytes_out
+            self.prompt_tokens, self.completion_tokens = current.prompt_tokens, current.completion_tokens
+        if current.first_byte_at:
+            self.ttft_ms = round((current.first_byte_at - started) * 1000, 3)
+
 
 @dataclass(frozen=True)
 class RelayRequest:
@@ -243,9 +252,14 @@ async def _attempts(sink: ResponseSink, request: RelayRequest, decision: Decisio
         # Live calibration: a dict lookup, false unless an operator samples this serve × work class;
         # a sampled attempt keeps its answer's text, handed to the judge's queue after the client has it.
         sampled = await calibration.draw(serve.name, decision.work_class)
-        async with in_flight().holding(serve.name):  # what an unload of this serve drains
-            outcome = await run_attempt(sink, exchange, upstream, rule=rule, verify_whole=verify_whole,
-                                        keep_answer=sampled)
+        outcome = AttemptOutcome(serve.name)
+        try:
+            async with in_flight().holding(serve.name):  # what an unload of this serve drains
+                await run_attempt(sink, exchange, upstream, rule=rule, verify_whole=verify_whole,
+                                  keep_answer=sampled, out=outcome)
+        except asyncio.CancelledError:
+            record.client_left(outcome, request.started)
+            raise
         await live.breaker_record(serve.name, not outcome.upstream_failed)
         entry = outcome.as_log()
         entry["commit"] = rule.value if exchange.stream else ("verify" if verify_whole else "off")

@@ -121,6 +121,22 @@ def test_a_serve_silent_mid_stream_is_cut_by_the_inter_token_timeout(anvil: str,
     assert received and time.monotonic() - started < 10  # 1.5 s of silence, not the client's own 60 s
 
 
+def test_a_client_that_leaves_mid_stream_is_recorded_with_what_it_was_sent(
+        anvil: str, key: str, upstream: str) -> None:
+    name = one_serve(anvil, key, upstream)
+    with httpx.stream("POST", f"{anvil}/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                      json={"model": "auto", "stream": True, "messages": [{"role": "user", "content": "[[hang]]"}]},
+                      timeout=20) as stream:
+        for line in stream.iter_lines():
+            if "then nothing" in line:
+                break  # the first token arrived: leave while the serve is still answering
+        request_id = stream.headers["x-request-id"]
+    record = record_for(request_id)
+    assert (record.outcome, record.status, record.served_by) == ("client-gone", 499, name)
+    assert record.ttft_ms is not None and record.bytes_out > 0
+    assert record.attempts[-1]["serve"] == name and record.attempts[-1]["outcome"] == "client-gone"
+
+
 # --- malformed upstream answers are the upstream's failure ---------------------------------------
 
 
