@@ -31,7 +31,7 @@ from anvil_site.metrics import MetricsMiddleware, metrics_app  # noqa: E402
 from anvil_site.websockets import websocket_urlpatterns  # noqa: E402
 from inference.consumers.admin import AdminConsumer  # noqa: E402
 from inference.consumers.base import UnknownRouteConsumer  # noqa: E402
-from inference.consumers.models import ModelsConsumer  # noqa: E402
+from inference.consumers.model_list import ModelsConsumer  # noqa: E402
 from inference.consumers.native import CountTokensConsumer, PassThroughConsumer  # noqa: E402
 from inference.consumers.relay import (  # noqa: E402
     ChatCompletionsConsumer,

@@ -113,7 +113,7 @@ TEMPLATES = [
     },
 ]
 
-# Also applied to ANVIL_ADMIN_PASSWORD before the launcher creates the admin (anvil_site/bootstrap.py).
+# Also applied to ANVIL_ADMIN_PASSWORD before the launcher creates the admin (anvil_site/admin_account.py).
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

@@ -122,7 +122,7 @@ def _close_upstream_clients() -> Any:
 
     from twisted.internet.defer import Deferred
 
-    from inference.relay import close_sessions
+    from inference.upstream_client import close_sessions
 
     return Deferred.fromFuture(asyncio.ensure_future(close_sessions()))
 

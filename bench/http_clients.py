@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/http_clients.py
 
-Both clients, each with one pooled session, do what inference/relay.py does against the same
+Both clients, each with one pooled session, do what inference/upstream_client.py does against the same
 scripted upstream: POST a JSON body and hand the response on as it arrives (non-streaming:
 read it whole; streaming: iterate the bytes as they come). Reported: non-streaming latency
 p50/p99 at concurrency 1, requests/s at concurrency 32, streaming time-to-first-byte p50.

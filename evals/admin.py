@@ -9,7 +9,8 @@ from evals import calibration
 from evals.errors import EvalError
 from evals.models import CalibrationSetting, EvalCase, EvalResult, EvalRun, EvalSuite, Grade, ProfilePromotion
 from evals.review import accept_grade
-from evals.runs import cancel_run, enqueue_run, rerun
+from evals.runs import cancel_run, rerun
+from evals.tasks import enqueue_run
 
 STATUS_COLOURS = {"queued": "#5b6475", "running": "#3b5bdb", "succeeded": "#1f7a3d", "failed": "#b42318",
                   "cancelled": "#b54708", "gate_failed": "#b42318"}

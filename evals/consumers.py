@@ -7,11 +7,11 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from evals.live import MAX_WATCHED, PROGRESS_GROUP, snapshot
+from evals.progress_feed import MAX_WATCHED, PROGRESS_GROUP, snapshot
 
 
 class EvalProgressConsumer(AsyncJsonWebsocketConsumer):
-    """Relays ``evals.live`` progress messages; a page first sends ``{"type": "watch", "runs": [ids]}``
+    """Relays ``evals.progress_feed`` progress messages; a page first sends ``{"type": "watch", "runs": [ids]}``
     and gets those runs' stored progress back, so an update published before it connected is not lost."""
 
     async def connect(self) -> None:

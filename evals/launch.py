@@ -14,8 +14,9 @@ from django.db import transaction
 
 from evals.errors import BadTarget, RunStateError, UnknownServe
 from evals.models import EvalRun
-from evals.runs import create_run, enqueue_run, runner_spec
+from evals.runs import create_run, runner_spec
 from evals.targets import resolve_target
+from evals.tasks import enqueue_run
 from serves.models import Serve
 
 # The kind of run that re-measures a serve whose identity changed: the correctness

@@ -146,10 +146,6 @@ class EvalRun(models.Model):
         return self.status in self.FINISHED
 
     @property
-    def progress_fraction(self) -> float:
-        return self.progress_done / self.progress_total if self.progress_total else 0.0
-
-    @property
     def duration_seconds(self) -> float | None:
         if self.started_at is None:
             return None

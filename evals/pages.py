@@ -18,7 +18,6 @@ from django.utils.safestring import SafeString
 
 from evals import launch
 from evals.charts import Bin, Series, bar_chart, histogram, histogram_bins
-from evals.live import progress_percent
 from evals.models import EvalResult, EvalRun, Grade, ProfilePromotion
 from evals.profile_loop import (
     CellChange,
@@ -31,6 +30,7 @@ from evals.profile_loop import (
     min_samples,
     profile_diff,
 )
+from evals.progress_feed import progress_percent
 from evals.review import review_queue
 from routing.models import ProfileEntry, WorkClass
 from routing.staleness import changed_fields

@@ -385,7 +385,7 @@ def lockout_warnings(before: Sequence[ProfileEntry], after: Sequence[ProfileEntr
     against the enabled serves. Only what the change causes: a work class that no serve could
     answer before either is not the change's doing.
     """
-    from routing.live import policy_config
+    from routing.web_state import policy_config
 
     pool = tuple(load_enabled() if serves is None else serves)
     if not pool:

@@ -45,7 +45,6 @@ import importlib
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -194,16 +193,6 @@ def run_for_task(task_id: str | None, kind: str, *, target: Target | None = None
     if task_id:
         EvalRun.objects.filter(pk=run.pk).update(celery_task_id=task_id)
     return run
-
-
-def enqueue_run(run_id: int) -> str:
-    """Hand a queued run to a Celery worker once the current transaction commits; returns the task id."""
-    from evals import tasks
-
-    task_id = uuid.uuid4().hex
-    EvalRun.objects.filter(pk=run_id).update(celery_task_id=task_id)
-    transaction.on_commit(lambda: tasks.run_eval.apply_async((run_id,), task_id=task_id))
-    return task_id
 
 
 def rerun(run_id: int, requested_by: str) -> EvalRun:

@@ -9,13 +9,16 @@ them on a clock measures nothing new.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import asdict
 from typing import Any
 
 from celery import Task, shared_task
+from django.db import transaction
 
 from evals.calibration import LOCK_SECONDS, drain_samples
-from evals.live import ProgressPublisher
+from evals.models import EvalRun
+from evals.progress_feed import ProgressPublisher
 from evals.runs import execute_run, reap_abandoned_runs, run_for_task
 from evals.targets import resolve_target
 
@@ -30,6 +33,14 @@ EVAL_TIME_LIMIT = 4 * 3600
 REDELIVER_IF_WORKER_LOST = {"acks_late": True, "reject_on_worker_lost": True}
 
 
+def enqueue_run(run_id: int) -> str:
+    """Hand a queued run to a Celery worker once the current transaction commits; returns the task id."""
+    task_id = uuid.uuid4().hex
+    EvalRun.objects.filter(pk=run_id).update(celery_task_id=task_id)
+    transaction.on_commit(lambda: run_eval.apply_async((run_id,), task_id=task_id))
+    return task_id
+
+
 def _result(run: Any) -> dict[str, object]:
     return {"run": run.pk, "kind": run.kind, "status": run.status, "gate_passed": run.gate_passed,
             "error": run.error}
@@ -40,7 +51,7 @@ def _result(run: Any) -> dict[str, object]:
 def run_eval(run_id: int) -> dict[str, object]:
     """Run a queued run, or take over one whose worker died; a finished or cancelled run is left alone.
 
-    Its progress is published to the console's pages as it is written (evals.live)."""
+    Its progress is published to the console's pages as it is written (evals.progress_feed)."""
     return _result(execute_run(run_id, listeners=[ProgressPublisher()]))
 
 

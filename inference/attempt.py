@@ -37,7 +37,7 @@ from inference.errors import (
     error_event,
 )
 from inference.exchange import Exchange
-from inference.relay import UpstreamError, UpstreamRequest, UpstreamResponse, UpstreamTimedOut, open_upstream
+from inference.upstream_client import UpstreamError, UpstreamRequest, UpstreamResponse, UpstreamTimedOut, open_upstream
 from inference.wire import Dialect, UpstreamProtocolError
 from inference.wire.answers import REDUCERS, StreamAccumulator, usage_of
 from inference.wire.sse import SSEDecoder, SSEEvent

@@ -19,7 +19,7 @@ from typing import Any
 
 from django.conf import settings
 
-from inference.relay import UpstreamRequest
+from inference.upstream_client import UpstreamRequest
 from inference.wire import Dialect, anthropic_client, openai_client, reasoning, responses
 from serves.catalog import ServeView
 from serves.upstream_keys import upstream_auth_headers

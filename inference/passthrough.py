@@ -33,10 +33,10 @@ from inference.errors import (
 )
 from inference.exchange import upstream_request_id
 from inference.inflight import in_flight
-from inference.relay import UpstreamError, UpstreamRequest, UpstreamTimedOut, open_upstream
 from inference.serving import DecisionRecordDraft, make_decision, not_loaded, refusal
+from inference.upstream_client import UpstreamError, UpstreamRequest, UpstreamTimedOut, open_upstream
 from inference.wire import Dialect, anthropic_client
-from routing import live
+from routing import web_state
 from routing.breaker import SKIP
 from routing.decide import Decision, decide_for_path
 from routing.decision_log import DECISION_LOG
@@ -115,7 +115,7 @@ async def _relay(sink: ResponseSink, decision: Decision, record: DecisionRecordD
         if tried >= settings.ANVIL_ATTEMPT_BUDGET:
             record.attempts.append({"serve": serve.name, "outcome": "budget-stop"})
             continue
-        if await live.breaker_allows(serve.name) == SKIP:
+        if await web_state.breaker_allows(serve.name) == SKIP:
             record.attempts.append({"serve": serve.name, "outcome": "skipped-circuit"})
             continue
         request = build(serve)
@@ -139,7 +139,7 @@ async def _relay(sink: ResponseSink, decision: Decision, record: DecisionRecordD
                 last_error = UpstreamFailed(f"Serve {serve.name} failed (HTTP {found.status}).")
         entry["ms"] = round((time.perf_counter() - started) * 1000, 3)
         record.attempts.append(entry)
-        await live.breaker_record(serve.name, entry["outcome"] == "served")
+        await web_state.breaker_record(serve.name, entry["outcome"] == "served")
         if entry["outcome"] == "served":
             sink.tags[b"x-anvil-served-by"] = serve.name.encode()
             record.served_by, record.outcome, record.status = serve.name, "served", found.status
@@ -194,10 +194,10 @@ async def serve_path(sink: ResponseSink, path: str, method: str, body: dict[str,
     started = time.perf_counter()
     route = PATHS[path]
     serves = await current_serves()
-    decision = decide_for_path(model, serves, route.why_not, route.work_class, live.policy_config())
+    decision = decide_for_path(model, serves, route.why_not, route.work_class, web_state.policy_config())
     if decision.unknown_model:
         decision = decide_for_path(model, await current_serves(force=True), route.why_not, route.work_class,
-                                   live.policy_config())
+                                   web_state.policy_config())
     record = DecisionRecordDraft(str(uuid.uuid4()), request_id, path.rsplit("/", 1)[-1],
                                  api_key=f"{principal.name} ({principal.prefix})" if principal else "")
 

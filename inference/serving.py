@@ -33,7 +33,7 @@ from inference.errors import (
 from inference.exchange import Exchange
 from inference.inflight import in_flight
 from inference.wire import Dialect, DialectError
-from routing import live
+from routing import web_state
 from routing.breaker import SKIP
 from routing.decide import Decision, decide
 from routing.decision_log import DECISION_LOG
@@ -108,11 +108,11 @@ class RelayRequest:
 
 async def make_decision(body: dict[str, Any], dialects: frozenset[str]) -> Decision:
     serves = await current_serves()
-    profile, rules = await live.PROFILE.get(), await live.RULES.get()
-    decision = decide(body, serves, profile, rules, live.policy_config(), dialects=dialects)
+    profile, rules = await web_state.PROFILE.get(), await web_state.RULES.get()
+    decision = decide(body, serves, profile, rules, web_state.policy_config(), dialects=dialects)
     if decision.unknown_model:  # perhaps a serve added a moment ago: look again before a 404
         serves = await current_serves(force=True)
-        decision = decide(body, serves, profile, rules, live.policy_config(), dialects=dialects)
+        decision = decide(body, serves, profile, rules, web_state.policy_config(), dialects=dialects)
     return decision
 
 
@@ -235,7 +235,7 @@ async def _attempts(sink: ResponseSink, request: RelayRequest, decision: Decisio
         if tried >= budget:
             attempts.append({"serve": serve.name, "outcome": "budget-stop"})
             continue
-        if await live.breaker_allows(serve.name) == SKIP:
+        if await web_state.breaker_allows(serve.name) == SKIP:
             attempts.append({"serve": serve.name, "outcome": "skipped-circuit"})
             continue
         tried += 1
@@ -260,7 +260,7 @@ async def _attempts(sink: ResponseSink, request: RelayRequest, decision: Decisio
         except asyncio.CancelledError:
             record.client_left(outcome, request.started)
             raise
-        await live.breaker_record(serve.name, not outcome.upstream_failed)
+        await web_state.breaker_record(serve.name, not outcome.upstream_failed)
         entry = outcome.as_log()
         entry["commit"] = rule.value if exchange.stream else ("verify" if verify_whole else "off")
         attempts.append(entry)

@@ -7,7 +7,7 @@ request becomes the probe. The state machine lives in Lua scripts so that the ch
 the claim of the probe are one atomic step across processes; ``MemoryBreakers`` runs the
 same rules in memory, with an injected clock, for the state-machine tests. A set of
 "troubled" serves (any failure on record) lets a web process skip Redis entirely for the
-healthy ones (``routing.live`` mirrors it).
+healthy ones (``routing.web_state`` mirrors it).
 """
 
 from __future__ import annotations

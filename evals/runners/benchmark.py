@@ -1,7 +1,7 @@
 """``runeval benchmark``: is this serve fast enough, and does it keep answering well?
 
 Capacity: streamed chat completions at each ``--concurrency`` level and each Poisson ``--rate``
-(``evals/load.py``: TTFT, TPOT, ITL and end-to-end latency percentiles, request and output token
+(``evals/load_generator.py``: TTFT, TPOT, ITL and end-to-end latency percentiles, request and output token
 throughput, as ``vllm bench serve`` defines them). Quality: a few questions with known answers,
 asked ``--repeats`` times; the pass rate must reach ``--min-pass-rate``. A blank answer cut off by
 ``max_tokens`` is recorded as reasoning budget exhausted and left out of the pass rate, not counted
@@ -24,7 +24,7 @@ from django.core.management.base import CommandParser
 
 from evals.client import Client, TargetRefused, headers_for
 from evals.errors import BadParameters, BadTarget
-from evals.load import Level, RequestRecord, run_level, summarize
+from evals.load_generator import Level, RequestRecord, run_level, summarize
 from evals.models import EvalResult
 from evals.parameters import from_options, number, reject_unknown, whole
 from evals.replay import Replay, load_replay

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 
-from anvil_site.bootstrap import AdminPasswordRefused, ensure_admin_user
+from anvil_site.admin_account import AdminPasswordRefused, ensure_admin_user
 from anvil_site.launcher import LaunchError
 from tests.support.processes import ROOT, child_env, manage
 

@@ -74,8 +74,8 @@ def test_rest_api_requires_an_operator_and_never_shows_secrets(operator_client: 
 def test_admin_creates_a_key_and_shows_its_secret_exactly_once(operator_client: Client) -> None:
     form = operator_client.get("/admin/inference/apikey/add/").content.decode()
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]
-    answer = operator_client.post("/admin/inference/apikey/add/", {"name": "from-admin", "scopes": ["inference", "admin"],
-                                                                   "csrfmiddlewaretoken": token})
+    form_data = {"name": "from-admin", "scopes": ["inference", "admin"], "csrfmiddlewaretoken": token}
+    answer = operator_client.post("/admin/inference/apikey/add/", form_data)
     assert answer.status_code == 200
     secret = re.search(r'value="(anv_[^"]+)"', answer.content.decode()).group(1)  # type: ignore[union-attr]
     row = ApiKey.objects.get(name="from-admin")

@@ -11,7 +11,7 @@ STATS = ("mean", "p50", "p90", "p99")
 def _level(label: str, concurrency: int | None, rate: float | None, requests: int, completed: int,
            duration_s: float, request_throughput: float, output_throughput: float,
            **latencies: tuple[float, float, float, float]) -> dict[str, object]:
-    """One level as evals.load.summarize writes it (latencies in ms: mean, p50, p90, p99)."""
+    """One level as evals.load_generator.summarize writes it (latencies in ms: mean, p50, p90, p99)."""
     return {"label": label, "concurrency": concurrency, "rate": rate, "requests": requests, "completed": completed,
             "failed": requests - completed, "duration_s": duration_s, "request_throughput": request_throughput,
             "output_throughput": output_throughput,

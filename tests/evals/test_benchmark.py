@@ -10,8 +10,9 @@ import httpx
 import pytest
 
 from evals.models import EvalResult, EvalRun, Grade
-from evals.runs import cancel_run, create_run, enqueue_run, execute_run
+from evals.runs import cancel_run, create_run, execute_run
 from evals.targets import resolve_target
+from evals.tasks import enqueue_run
 from serves.models import Serve
 from tests.support.celery_worker import celery_worker
 from tests.support.live import scripted_upstream

@@ -14,8 +14,8 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.core.management import call_command
 
-from evals.live import PROGRESS_GROUP, ProgressPublisher
 from evals.models import EvalRun
+from evals.progress_feed import PROGRESS_GROUP, ProgressPublisher
 from evals.runs import Progress, create_run, execute_run
 from evals.tasks import run_eval
 from tests.evals.console import operator_client
@@ -99,10 +99,10 @@ def test_a_channel_layer_that_is_down_never_fails_or_stalls_a_run(settings: Any,
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
                                            "CONFIG": {"hosts": [f"unix://{tmp_path}/no-redis.sock"]}}}
     run = create_run("planning", parameters={"out": str(tmp_path / "out")})
-    with caplog.at_level(logging.WARNING, logger="evals.live"):
+    with caplog.at_level(logging.WARNING, logger="evals.progress_feed"):
         finished = execute_run(run.pk, listeners=[ProgressPublisher()])
     assert finished.status == "succeeded"
-    warnings = [r.getMessage() for r in caplog.records if r.name == "evals.live"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "evals.progress_feed"]
     assert len(warnings) == 1 and f"live progress of eval run {run.pk} is not published" in warnings[0]
 
 

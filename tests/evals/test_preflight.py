@@ -19,8 +19,8 @@ from evals.runs import create_run, execute_run
 from evals.targets import resolve_target
 from inference.keys import create_key
 from routing.models import ProfileEntry
+from serves.inference_workers import register_worker
 from serves.models import Serve
-from serves.workers import register_worker
 from tests.support.live import hrm_worker, live_anvil, scripted_upstream, until_routed
 from tests.support.processes import child_env, manage
 

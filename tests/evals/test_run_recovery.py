@@ -19,9 +19,9 @@ from django.utils import timezone
 
 from anvil_site.celery import app
 from evals.models import EvalResult, EvalRun
-from evals.runs import MAX_ATTEMPTS, claim_run, create_run, enqueue_run, execute_run, reap_abandoned_runs
+from evals.runs import MAX_ATTEMPTS, claim_run, create_run, execute_run, reap_abandoned_runs
 from evals.targets import resolve_target
-from evals.tasks import run_eval
+from evals.tasks import enqueue_run, run_eval
 from serves.models import Serve
 from tests.support.celery_worker import celery_worker
 from tests.support.live import scripted_upstream

@@ -13,7 +13,7 @@ import pytest
 from inference.keys import create_key
 from routing.decision_log import drain_decisions
 from routing.models import DecisionRecord
-from serves.workers import register_worker
+from serves.inference_workers import register_worker
 from tests.support.live import hrm_worker, until_routed
 from tests.support.processes import child_env, running
 from tests.support.profiles import allow_tiers

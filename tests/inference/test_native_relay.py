@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from inference.keys import create_key
+from serves.inference_workers import register_worker
 from serves.models import Serve
-from serves.workers import register_worker
 from tests.support.live import hrm_worker
 from tests.support.waiting import wait_for
 

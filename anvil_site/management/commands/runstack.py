@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from anvil_site.bootstrap import ensure_admin_user
+from anvil_site.admin_account import ensure_admin_user
 from anvil_site.checks import fail_fast
 from anvil_site.environment import describe_database, describe_redis
 from anvil_site.launcher import (
@@ -73,7 +73,7 @@ class Command(BaseCommand):
         """The demo checkpoint as a process serve; the worker loads it once it runs (its id is returned)."""
         import json
 
-        from serves.workers import register_checkpoint
+        from serves.inference_workers import register_checkpoint
 
         port, name = settings.ANVIL_HRM_PORT, settings.ANVIL_HRM_SERVE
         if not (checkpoint / "config.json").is_file():

@@ -20,10 +20,11 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 
 from evals.errors import BadTarget, EvalError
-from evals.live import ProgressPublisher
 from evals.models import EvalRun
-from evals.runs import RUNNERS, Progress, create_run, enqueue_run, execute_run, runner_module, runner_spec
+from evals.progress_feed import ProgressPublisher
+from evals.runs import RUNNERS, Progress, create_run, execute_run, runner_module, runner_spec
 from evals.targets import Target, resolve_target, tier_targets
+from evals.tasks import enqueue_run
 
 EXIT_RUN_FAILED = 1
 EXIT_BAD_INPUT = 2
