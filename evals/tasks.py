@@ -16,6 +16,7 @@ from typing import Any
 from celery import Task, shared_task
 from django.db import transaction
 
+from anvil_site.task_queue import send
 from evals.calibration import LOCK_SECONDS, drain_samples
 from evals.models import EvalRun
 from evals.progress_feed import ProgressPublisher
@@ -37,7 +38,7 @@ def enqueue_run(run_id: int) -> str:
     """Hand a queued run to a Celery worker once the current transaction commits; returns the task id."""
     task_id = uuid.uuid4().hex
     EvalRun.objects.filter(pk=run_id).update(celery_task_id=task_id)
-    transaction.on_commit(lambda: run_eval.apply_async((run_id,), task_id=task_id))
+    transaction.on_commit(lambda: send(run_eval, (run_id,), task_id=task_id))
     return task_id
 
 

@@ -39,6 +39,7 @@ from routing.decide import Decision, decide
 from routing.decision_log import DECISION_LOG
 from routing.policy import Candidate
 from routing.profile import VERIFY
+from serves import model_states
 from serves.catalog import current_serves
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
@@ -113,6 +114,10 @@ async def make_decision(body: dict[str, Any], dialects: frozenset[str]) -> Decis
     if decision.unknown_model:  # perhaps a serve added a moment ago: look again before a 404
         serves = await current_serves(force=True)
         decision = decide(body, serves, profile, rules, web_state.policy_config(), dialects=dialects)
+    elif decision.not_loaded and await model_states.mirror().catch_up():
+        # Perhaps loaded a moment ago: the background check runs every half second, a 503 costs a retry.
+        decision = decide(body, await current_serves(), profile, rules, web_state.policy_config(),
+                          dialects=dialects)
     return decision
 
 

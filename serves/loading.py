@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -31,7 +32,7 @@ from serves import model_states
 from serves.claims import OperationResult, claim, release
 from serves.models import LoadError, ModelState, Runtime, Serve, ServeEvent
 from serves.probes import gpu_of
-from serves.runtimes import runtime_for
+from serves.runtimes import ServeRuntime, Started, runtime_for
 from serves.runtimes.presets import PresetError, check_preset_args
 from serves.upstream_keys import upstream_auth_headers
 
@@ -118,20 +119,25 @@ def transition(serve: Serve, to: ModelState, *, action: str, requested_by: str, 
     log.info("serve %s: %s -> %s%s", serve.name, before, to, f" ({error_code}: {detail})" if error_code else "")
 
 
-def ready(serve: Serve) -> bool:
-    """The serve answers: its health route (when it has one) and its /v1/models listing the served model."""
+def ready(serve: Serve, client: httpx.Client | None = None) -> bool:
+    """The serve answers: its health route (when it has one) and its /v1/models listing the served model.
+
+    ``client``: one kept across a load's polls (a new httpx client costs tens of milliseconds: its
+    TLS context), which is Anvil's part of every load."""
+    if client is None:
+        with httpx.Client(timeout=READY_PROBE_TIMEOUT) as own:
+            return ready(serve, own)
     base, root = serve.effective_base_url, serve.server_root
     headers = upstream_auth_headers(serve.dialect, serve.api_key_env)
     try:
-        with httpx.Client(timeout=READY_PROBE_TIMEOUT, headers=headers) as client:
-            if serve.health_path:
-                health = client.get(root + serve.health_path)
-                if health.status_code not in (200, 404):  # 404: an engine with no such route (llama.cpp's)
-                    return False
-            models = client.get(base + "/models")
-            if models.status_code != 200:
+        if serve.health_path:
+            health = client.get(root + serve.health_path, headers=headers)
+            if health.status_code not in (200, 404):  # 404: an engine with no such route (llama.cpp's)
                 return False
-            listed = models.json().get("data", [])
+        models = client.get(base + "/models", headers=headers)
+        if models.status_code != 200:
+            return False
+        listed = models.json().get("data", [])
     except (httpx.HTTPError, ValueError, AttributeError):
         return False
     return any(isinstance(item, dict) and item.get("id") == serve.served_model for item in listed)
@@ -142,8 +148,15 @@ def _used_mib(serve: Serve) -> int | None:
     return found.used_mib if found else None
 
 
-def do_load(serve_id: int, overrides: dict[str, Any] | None, requested_by: str) -> OperationResult:
-    """Load ``serve_id`` and wait until it is ready (or failed); idempotent for a serve already loaded."""
+LoadProgress = Callable[[float, float, str], None]  # (seconds waited, ready_timeout, the engine's last log line)
+
+
+def do_load(serve_id: int, overrides: dict[str, Any] | None, requested_by: str,
+            progress: LoadProgress | None = None) -> OperationResult:
+    """Load ``serve_id`` and wait until it is ready (or failed); idempotent for a serve already loaded.
+
+    ``progress`` is told, every poll while the engine starts, how long it has waited and what the
+    engine last wrote (a terminal's bar; the Celery task passes none)."""
     serve = Serve.objects.get(pk=serve_id)
     if serve.run_by == Runtime.REMOTE:
         return OperationResult(serve.name, "load", Outcome.NOTHING, "an upstream Anvil only relays to is always "
@@ -159,12 +172,13 @@ def do_load(serve_id: int, overrides: dict[str, Any] | None, requested_by: str) 
                                serve.model_state, serve.model_state)
     try:
         serve.refresh_from_db()
-        return _load(serve, overrides, requested_by)
+        return _load(serve, overrides, requested_by, progress)
     finally:
         release(serve_id, token)
 
 
-def _load(serve: Serve, overrides: dict[str, Any], requested_by: str) -> OperationResult:
+def _load(serve: Serve, overrides: dict[str, Any], requested_by: str,
+          progress: LoadProgress | None = None) -> OperationResult:
     runtime = runtime_for(serve)
     before = serve.model_state
     if before == ModelState.LOADED and runtime.observe(serve).running and ready(serve):
@@ -184,7 +198,26 @@ def _load(serve: Serve, overrides: dict[str, Any], requested_by: str) -> Operati
         return OperationResult(serve.name, "load", Outcome.FAILED, started.detail, started.commands, before,
                                ModelState.FAILED, tail)
     deadline = time.monotonic() + serve.ready_timeout
-    while not ready(serve):
+    with httpx.Client(timeout=READY_PROBE_TIMEOUT) as probe:
+        failed = _wait_ready(serve, runtime, started, probe, deadline, before, requested_by, progress)
+    if failed is not None:
+        return failed
+    memory_after = _used_mib(serve)
+    measured = ((memory_after - memory_before) / 1024 if memory_before is not None and memory_after is not None
+                and not started.adopted else serve.vram_measured_gb)
+    transition(serve, ModelState.LOADED, action="load", requested_by=requested_by, detail=started.detail,
+               commands=started.commands, vram_measured_gb=measured)
+    return OperationResult(serve.name, "load", Outcome.OK, started.detail, started.commands, before, ModelState.LOADED)
+
+
+def _wait_ready(serve: Serve, runtime: ServeRuntime, started: Started, probe: httpx.Client, deadline: float,
+                before: str, requested_by: str, progress: LoadProgress | None) -> OperationResult | None:
+    """Poll until ``serve`` is ready (None), or it exited or ran out of time (the failed result)."""
+    began = time.monotonic()
+    while not ready(serve, probe):
+        if progress is not None:
+            lines = runtime.log_tail(serve).strip().splitlines()
+            progress(time.monotonic() - began, float(serve.ready_timeout), lines[-1] if lines else "")
         observed = runtime.observe(serve)
         if not observed.running and serve.run_by == Runtime.PROCESS:
             tail = runtime.log_tail(serve)
@@ -204,12 +237,7 @@ def _load(serve: Serve, overrides: dict[str, Any], requested_by: str) -> Operati
             return OperationResult(serve.name, "load", Outcome.FAILED, why, started.commands, before,
                                    ModelState.FAILED, tail)
         time.sleep(READY_POLL_SECONDS)
-    memory_after = _used_mib(serve)
-    measured = ((memory_after - memory_before) / 1024 if memory_before is not None and memory_after is not None
-                and not started.adopted else serve.vram_measured_gb)
-    transition(serve, ModelState.LOADED, action="load", requested_by=requested_by, detail=started.detail,
-               commands=started.commands, vram_measured_gb=measured)
-    return OperationResult(serve.name, "load", Outcome.OK, started.detail, started.commands, before, ModelState.LOADED)
+    return None
 
 
 def in_flight(serve: str) -> int:

@@ -24,6 +24,7 @@ from django.conf import settings
 log = logging.getLogger(__name__)
 
 CHECK_SECONDS = 0.5
+CATCH_UP_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class StateMirror:
         self.checked_at = float("-inf")
         self.task: asyncio.Task[None] | None = None
         self.client: redis.asyncio.Redis | None = None
+        self.moved = False  # the states changed since catch_up last asked
 
     def current(self) -> dict[str, MirroredState]:
         now = time.monotonic()
@@ -86,6 +88,20 @@ class StateMirror:
             self.checked_at = now
             self.task = asyncio.ensure_future(self.refresh())
         return self.states
+
+    async def catch_up(self) -> bool:
+        """Read Redis now (at most every ``CATCH_UP_SECONDS``); True when a state changed.
+
+        For a request about to be refused because its model is not loaded: the load may have ended
+        since the last background check, and a Redis GET is cheaper than a client's retry."""
+        if self.task is not None and not self.task.done():
+            await asyncio.shield(self.task)  # a check under way: share it
+        elif time.monotonic() - self.checked_at >= CATCH_UP_SECONDS:
+            self.checked_at = time.monotonic()
+            self.task = asyncio.ensure_future(self.refresh())
+            await asyncio.shield(self.task)
+        before, self.moved = self.moved, False
+        return before
 
     async def refresh(self) -> None:
         states, version = _keys()
@@ -101,7 +117,7 @@ class StateMirror:
             log.debug("model states unavailable from Redis; the catalog's stand", exc_info=True)
             return
         self.states = {name.decode(): MirroredState(**json.loads(value)) for name, value in raw.items()}
-        self.version = seen
+        self.version, self.moved = seen, True
 
 
 _mirrors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, StateMirror] = weakref.WeakKeyDictionary()

@@ -9,14 +9,17 @@ new state, and queues the work for the serve's host.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from django.db import transaction
 
+from anvil_site.task_queue import QueueUnavailable
 from serves.loading import InvalidLoadRequest, check_overrides, in_flight, transition
-from serves.models import ModelState, Runtime, Serve
+from serves.models import ModelState, Runtime, Serve, ServeEvent
 from serves.probes import gpus
+from serves.tasks import enqueue, enqueue_load
 
 VRAM_DEFINITION = ("GB of GPU memory the serve holds: the delta nvidia-smi showed while it last loaded, else "
                    "its declared vram_gb; null when neither is known")
@@ -72,8 +75,6 @@ def models_report() -> list[dict[str, Any]]:
 
 def request_load(name: str, overrides: Any, requested_by: str) -> Requested:
     """Check and queue a load; a loaded serve is answered as it is (idempotent)."""
-    from serves.tasks import enqueue_load
-
     with transaction.atomic():
         serve = _find(name)
         Serve.objects.select_for_update().filter(pk=serve.pk).first()
@@ -88,14 +89,12 @@ def request_load(name: str, overrides: Any, requested_by: str) -> Requested:
             return Requested(True, describe(serve))  # already under way: one load, not two
         transition(serve, ModelState.LOADING, action="load", requested_by=requested_by, overrides=checked,
                    detail="queued")
-        enqueue_load(serve.pk, checked, requested_by)
+    _queue_or_undo(serve, state, "load", requested_by, lambda: enqueue_load(serve.pk, checked, requested_by))
     return Requested(True, describe(serve))
 
 
 def request_unload(name: str, requested_by: str) -> Requested:
     """Queue an unload (it drains first); an unloaded serve is answered as it is."""
-    from serves.tasks import enqueue
-
     with transaction.atomic():
         serve = _find(name)
         state = serve.current_model_state
@@ -107,8 +106,19 @@ def request_unload(name: str, requested_by: str) -> Requested:
             return Requested(False, describe(serve))
         if state != ModelState.UNLOADING:
             transition(serve, ModelState.UNLOADING, action="unload", requested_by=requested_by, detail="queued")
-        enqueue("unload", [serve.pk], requested_by)
+    _queue_or_undo(serve, state, "unload", requested_by, lambda: enqueue("unload", [serve.pk], requested_by))
     return Requested(True, describe(serve))
+
+
+def _queue_or_undo(serve: Serve, before: str, action: str, requested_by: str, queue: Callable[[], None]) -> None:
+    """Queue the work once the new state is committed; if the queue does not take it, put the state back
+    (a load nobody will run must not read ``loading`` forever) and say so."""
+    try:
+        queue()
+    except QueueUnavailable as exc:
+        transition(serve, ModelState(before), action=action, requested_by=requested_by,
+                   outcome=ServeEvent.Outcome.FAILED, detail=f"not queued: {exc}")
+        raise
 
 
 def gpu_memory_report() -> dict[str, Any]:

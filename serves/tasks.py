@@ -9,6 +9,7 @@ from dataclasses import asdict
 from celery import shared_task
 from django.db import transaction
 
+from anvil_site.task_queue import send
 from serves.actions import do_lifecycle, do_status
 from serves.loading import do_load, do_unload, watch
 from serves.models import Serve
@@ -67,20 +68,15 @@ _TASKS = {"up": serve_up, "down": serve_down, "status": serve_status, "unload": 
 
 
 def enqueue(action: str, serve_ids: list[int], requested_by: str) -> None:
-    """Queue lifecycle tasks after the current transaction commits, each on its serve's queue."""
+    """Queue lifecycle tasks after the current transaction commits (now, outside one), each on its
+    serve's queue. Outside a transaction a QueueUnavailable reaches the caller."""
     task = _TASKS[action]
     queues = dict(Serve.objects.filter(pk__in=serve_ids).values_list("pk", "queue"))
-
-    def send() -> None:
-        for serve_id in serve_ids:
-            options = {"queue": queues[serve_id]} if queues.get(serve_id) else {}
-            task.apply_async((serve_id, requested_by), **options)
-
-    transaction.on_commit(send)
+    transaction.on_commit(lambda: [send(task, (serve_id, requested_by), queues.get(serve_id) or "")
+                                   for serve_id in serve_ids])
 
 
 def enqueue_load(serve_id: int, overrides: dict[str, object], requested_by: str) -> None:
-    """Queue one load (with its live overrides) after the current transaction commits."""
-    queue = Serve.objects.filter(pk=serve_id).values_list("queue", flat=True).first()
-    options = {"queue": queue} if queue else {}
-    transaction.on_commit(lambda: serve_load.apply_async((serve_id, overrides, requested_by), **options))
+    """Queue one load (with its live overrides), as ``enqueue`` does."""
+    queue = Serve.objects.filter(pk=serve_id).values_list("queue", flat=True).first() or ""
+    transaction.on_commit(lambda: send(serve_load, (serve_id, overrides, requested_by), queue))

@@ -16,7 +16,7 @@ from channels.db import database_sync_to_async
 
 from inference.auth import Principal
 from inference.consumers.base import FrontDoorConsumer
-from inference.errors import Conflict, MethodNotAllowed, NotFound, Unprocessable
+from inference.errors import Conflict, MethodNotAllowed, NotFound, Unavailable, Unprocessable
 from inference.wire.requests import parse_json_object
 from serves import operations
 
@@ -57,6 +57,9 @@ class AdminConsumer(FrontDoorConsumer):
             raise Unprocessable(exc.message, param=f"overrides.{exc.field}", code="invalid_load_request") from None
         except operations.LoadConflict as exc:
             raise Conflict(str(exc), code="load_conflict") from None
+        except operations.QueueUnavailable as exc:
+            raise Unavailable(f"The {action} of {name!r} could not be queued, and nothing changed: {exc}",
+                              code="queue_unavailable", headers=[(b"retry-after", b"5")]) from None
         await self.send_json(202 if requested.accepted else 200, requested.serve)
 
     @staticmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from io import StringIO
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import yaml
 from django.core.management import CommandError, call_command
 
 from serves.models import Serve, ServeEvent
-from tests.support.processes import ROOT, child_env, manage
+from tests.support.processes import ROOT, child_env, free_port, manage
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -87,3 +88,23 @@ def test_compose_files_in_the_repository_are_valid() -> None:
         result = subprocess.run([*compose_command(), "-f", str(ROOT / "compose" / name), "config", "-q"],
                                 env=child_env(**env), capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
+
+
+def test_load_shows_the_engine_starting_then_unload_stops_it() -> None:
+    script = str(ROOT / "tests" / "support" / "scripted_upstream.py")
+    engine = (f"import runpy, sys, time; print('warming up weights', flush=True); time.sleep(1.5); "
+              f"runpy.run_path({script!r}, run_name='__main__')")
+    Serve.objects.create(name="cli-load", tier="fast", runtime="process", port=free_port(), served_model="scripted",
+                         command=[sys.executable, "-c", engine, "--port", "{port}"], ready_timeout=60)
+    loaded = subprocess.run(manage("serves", "load", "cli-load"), env=child_env(), capture_output=True, text=True,
+                            timeout=120)
+    assert loaded.returncode == 0, loaded.stderr
+    assert "cli-load: ok: started" in loaded.stdout
+    # Not a terminal: the first bar line at once, naming the time budget and the engine's last words.
+    assert "cli-load: loading [" in loaded.stderr and "/60 s" in loaded.stderr
+    assert "warming up weights" in loaded.stderr
+    assert Serve.objects.get(name="cli-load").model_state == "loaded"
+    unloaded = subprocess.run(manage("serves", "unload", "cli-load"), env=child_env(), capture_output=True,
+                              text=True, timeout=120)
+    assert unloaded.returncode == 0 and "cli-load: ok" in unloaded.stdout, unloaded.stderr
+    assert Serve.objects.get(name="cli-load").model_state == "unloaded"

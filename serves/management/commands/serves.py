@@ -14,6 +14,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from anvil_site.task_queue import QueueUnavailable
 from serves.actions import OperationResult, do_lifecycle, do_status
 from serves.compose import render_compose
 from serves.lifecycle import start_hint
@@ -70,7 +71,10 @@ class Command(BaseCommand):
             if verb == "status":
                 self._status(serves)
             elif options["queue"] and not options["dry_run"]:
-                enqueue(verb, [serve.pk for serve in serves], "cli")
+                try:
+                    enqueue(verb, [serve.pk for serve in serves], "cli")
+                except QueueUnavailable as exc:
+                    raise CommandError(f"serves {verb}: nothing was queued: {exc}") from None
                 self.stdout.write(f"queued {verb} for {', '.join(s.name for s in serves) or 'no serves'}")
             else:
                 self._lifecycle(verb, serves, options["dry_run"])
@@ -103,13 +107,15 @@ class Command(BaseCommand):
                     requested = request_load(serve.name, overrides, "cli")
                 else:
                     requested = request_unload(serve.name, "cli")
-            except (InvalidLoadRequest, LoadConflict) as exc:
+            except (InvalidLoadRequest, LoadConflict, QueueUnavailable) as exc:
                 raise CommandError(f"serves {verb} {serve.name}: {exc}") from None
             queued = "queued" if requested.accepted else "nothing to do"
             self.stdout.write(f"{serve.name}: {queued} ({requested.serve['state']})")
             return
         if verb == "load":
-            result = do_load(serve.pk, overrides, "cli")
+            bar = LoadBar(serve.name, sys.stderr)
+            result = do_load(serve.pk, overrides, "cli", progress=bar)
+            bar.close()
         else:
             result = do_unload(serve.pk, "cli")
         self._print(result, False)
@@ -170,6 +176,34 @@ class Command(BaseCommand):
         else:
             path.write_text(text)
             self.stderr.write(f"wrote {path}")
+
+
+class LoadBar:
+    """The terminal's view of a load: the share of ``ready_timeout`` spent and the engine's last log line.
+
+    An engine does not say how far along it is, so the bar is the time budget, and the log line is
+    the progress. Redrawn in place on a terminal; a line every 10 s (and the first at once) otherwise."""
+
+    EVERY = 10.0
+
+    def __init__(self, name: str, stream: Any) -> None:
+        self.name, self.stream = name, stream
+        self.tty = stream.isatty()
+        self.shown_at: float | None = None
+
+    def __call__(self, waited: float, limit: float, line: str) -> None:
+        if not self.tty and self.shown_at is not None and waited - self.shown_at < self.EVERY:
+            return
+        self.shown_at = waited
+        filled = int(30 * min(waited / limit, 1.0)) if limit else 0
+        text = f"{self.name}: loading [{'#' * filled}{'.' * (30 - filled)}] {waited:.0f}/{limit:.0f} s  {line[-70:]}"
+        self.stream.write(("\r\x1b[K" + text) if self.tty else text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and self.shown_at is not None:
+            self.stream.write("\n")
+            self.stream.flush()
 
 
 def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
