@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from channels.db import database_sync_to_async
-from django.db import models
+from django.db import InterfaceError, OperationalError, models
 from django.db.models import Count, Max
 
 T = TypeVar("T")
@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 
 # A flood of misses must not become a flood of database queries.
 FORCED_CHECK_MIN_INTERVAL = 0.05
+DATABASE_DOWN = (OperationalError, InterfaceError)  # cannot connect, or the connection broke
+
+# When the snapshots' checks started failing because the database is down (None: it answers). Shared by
+# every snapshot, so an outage is two lines in the log, not a traceback per snapshot per interval.
+_database_down_since: float | None = None
 
 
 def table_fingerprint(model: type[models.Model]) -> tuple[int, object]:
@@ -88,10 +93,24 @@ class Snapshot(Generic[T]):
             await asyncio.shield(self._refreshing)
 
     def _refreshed(self, task: asyncio.Task[None]) -> None:
+        global _database_down_since
         if self._refreshing is task:
             self._refreshing = None
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("could not refresh the %s snapshot", self._model.__name__, exc_info=task.exception())
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            if _database_down_since is not None:
+                log.info("snapshots: the database answers again after %.1f s", time.monotonic() - _database_down_since)
+                _database_down_since = None
+        elif isinstance(error, DATABASE_DOWN):
+            # The rows loaded before keep answering; the next interval tries again.
+            if _database_down_since is None:
+                _database_down_since = time.monotonic()
+                log.warning("snapshots: the database is unreachable (%s: %s); answering from the rows loaded "
+                            "before until it returns", type(error).__name__, " ".join(str(error).split())[:300])
+        else:
+            log.warning("could not refresh the %s snapshot", self._model.__name__, exc_info=error)
 
     async def _refresh(self) -> None:
         if self._value is not None:

@@ -18,6 +18,9 @@ api = DefaultRouter()
 api.register("keys", ApiKeyViewSet, basename="apikey")
 api.register("decisions", DecisionViewSet, basename="decision")
 
+# A database that is down is a 503 with Retry-After, not Django's bare 500 page.
+handler500 = "anvil_site.error_pages.server_error"
+
 urlpatterns = [
     path("", views.console, name="console"),
     path("console/evals/", include("evals.urls")),

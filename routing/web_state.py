@@ -12,7 +12,7 @@ import redis.asyncio
 from django.conf import settings
 
 from anvil_site.snapshots import Snapshot
-from routing.breaker import ALLOW, BreakerConfig, RedisBreakers
+from routing.breaker import ALLOW, BreakerConfig, MemoryBreakers, RedisBreakers
 from routing.classifier import DEFAULT_RULES, Rule
 from routing.models import ClassifierRule, ProfileEntry
 from routing.policy import PolicyConfig
@@ -56,6 +56,38 @@ def breakers() -> RedisBreakers:
     return found
 
 
+class BreakerOutage:
+    """Redis unreachable for the breakers: one line when it starts, one when it ends, never one per request."""
+
+    def __init__(self) -> None:
+        self.down_since: float | None = None
+
+    def failed(self, error: BaseException) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            log.warning("circuit breakers: Redis unreachable (%s: %s); this process keeps its own breakers "
+                        "until it answers", type(error).__name__, error)
+
+    def answered(self) -> None:
+        if self.down_since is not None:
+            log.info("circuit breakers: Redis answers again after %.1f s; the shared breakers resume",
+                     time.monotonic() - self.down_since)
+            self.down_since = None
+
+
+OUTAGE = BreakerOutage()
+_local: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, MemoryBreakers] = weakref.WeakKeyDictionary()
+
+
+def local_breakers() -> MemoryBreakers:
+    """This process's own breakers: they see only its requests, and decide while Redis cannot."""
+    loop = asyncio.get_running_loop()
+    found = _local.get(loop)
+    if found is None:
+        found = _local[loop] = MemoryBreakers(breaker_config())
+    return found
+
+
 class TroubledMirror:
     """This process's copy of the serves with failures on record, refreshed in the background.
 
@@ -81,8 +113,10 @@ class TroubledMirror:
     async def _refresh(self) -> None:
         try:
             self.serves = await breakers().troubled()
-        except Exception:
-            log.warning("could not read circuit breaker state (Redis)", exc_info=True)
+        except Exception as error:
+            OUTAGE.failed(error)  # keep the last set; what fails meanwhile is added by breaker_record
+        else:
+            OUTAGE.answered()
 
 
 _mirrors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TroubledMirror] = weakref.WeakKeyDictionary()
@@ -97,27 +131,36 @@ def mirror() -> TroubledMirror:
 
 
 async def breaker_allows(serve: str) -> str:
-    """allow | probe | skip. Redis unreachable: allow (breakers must not become the outage)."""
+    """allow | probe | skip: the shared breaker, or this process's own while Redis cannot answer."""
     if not mirror().troubled(serve):
         return ALLOW
     try:
-        return await breakers().allow(serve, time.time())
-    except Exception:
-        log.warning("circuit breakers unavailable (Redis); allowing %s", serve, exc_info=True)
-        return ALLOW
+        verdict = await breakers().allow(serve, time.time())
+    except Exception as error:
+        OUTAGE.failed(error)
+        return await local_breakers().allow(serve, time.time())
+    OUTAGE.answered()
+    return verdict
 
 
 async def breaker_record(serve: str, ok: bool) -> None:
-    known = mirror()
+    known, own = mirror(), local_breakers()
+    local_failures = 0
+    if not ok or serve in own.rows:
+        local_failures = await own.record(serve, ok, time.time())  # in memory: what decides if Redis goes away
     if ok and not known.troubled(serve):
         return  # nothing on record to reset
     if not ok:
         known.serves.add(serve)  # this process asks Redis about it from now on
     try:
         failures = await breakers().record(serve, ok, time.time())
-    except Exception:
-        log.warning("could not record a breaker outcome for %s (Redis)", serve, exc_info=True)
+    except Exception as error:
+        OUTAGE.failed(error)
+        if local_failures == settings.ANVIL_BREAKER_FAILURES:
+            log.warning("circuit opened in this process (Redis unreachable): serve %s failed %d times in a row",
+                        serve, local_failures)
         return
+    OUTAGE.answered()
     # One line per transition (whichever process sees it), so the terminal tells the story.
     if failures == -1:
         log.info("circuit closed: serve %s answered again", serve)
