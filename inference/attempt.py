@@ -3,17 +3,21 @@ up for the next candidate.
 
 The commit rule says how much of an answer is held before the client sees its first byte:
 
-* ``off``: nothing; bytes go to the client as they arrive;
+* ``off``: nothing; a stream's bytes go to the client as they arrive;
 * ``prefix``: a stream is held until its first content (text, reasoning or a tool call) or
   ``PREFIX_BYTES`` of preamble, whichever comes first: enough to catch a connection error, a 5xx,
   an empty answer or a malformed first frame, and fall back on them, at no cost to the first token;
 * ``strict``: the whole answer is held in a commit window, reduced to text, tool calls and finish
   reason, verified (``routing.verify``), then replayed or given up.
 
+A whole answer is always read whole and checked (JSON its dialect allows) before it commits, and
+verified too where the verdict asks. A stream that stops without saying its answer is complete
+(``[DONE]``, a finish reason, ``message_stop``) failed, wherever it stopped.
+
 The client never sees bytes from an attempt that does not commit. Once an attempt commits, what
 follows is its to finish: if the upstream breaks or sends something malformed, the attempt ends the
-response itself (an error event in the client's dialect for a stream; a closed body otherwise) and
-says so in its outcome. Nothing raises past ``run_attempt``.
+response itself (an error event in the client's dialect) and says so in its outcome. Nothing raises
+past ``run_attempt``.
 """
 
 from __future__ import annotations
@@ -113,6 +117,17 @@ class AttemptOutcome:
 
     def give_up(self, label: str, error: FrontDoorError, *, upstream_failed: bool = True) -> None:
         self.label, self.error, self.upstream_failed = label, error, upstream_failed
+
+
+def ends_answer(payload: dict[str, Any], wire: str) -> bool:
+    """Whether this (checked) stream event says the answer is complete, in the upstream's wire."""
+    kind = payload.get("type")
+    if wire == "anthropic":
+        return kind == "message_stop" or (kind == "message_delta" and bool((payload.get("delta") or {}).get(
+            "stop_reason")))
+    if wire == "responses":
+        return kind in ("response.completed", "response.incomplete")
+    return any(isinstance(choice, dict) and choice.get("finish_reason") for choice in payload.get("choices") or ())
 
 
 def expectations(body: dict[str, Any]) -> Expectations:
@@ -217,22 +232,9 @@ def _in_dialect(payload: bytes, dialect: Dialect) -> bool:
 
 async def _whole(sink: ResponseSink, exchange: Exchange, upstream: UpstreamResponse, out: AttemptOutcome,
                  verify_whole: bool, keep_answer: bool = False) -> None:
-    if exchange.passthrough and not verify_whole:
-        # Relay the bytes as they arrive; keep a copy only to read the usage afterwards.
-        content_type = upstream.headers.get("content-type", "application/json").encode("latin-1")
-        await sink.send_headers(status=upstream.status, headers=sink.base_headers(content_type))
-        out.committed = True
-        copy = []
-        async for data in upstream.chunks():
-            out.first_byte_at = out.first_byte_at or time.perf_counter()
-            await sink.send_body(data, more_body=True)
-            out.bytes_out += len(data)
-            copy.append(data)
-        await sink.send_body(b"")
-        out.usage(_usage_from_json(b"".join(copy), exchange.upstream_wire))
-        if keep_answer:  # sampled: the client has it all; read the copy once more for its text
-            out.answer = _reduced(b"".join(copy), exchange.upstream_wire)
-        return
+    # Read whole and checked before the client gets a byte, whatever the verdict: half a JSON document is
+    # of no use to a client, and until the last byte a cut, a silence or a body that is not JSON can still
+    # fall back (relayed as it came, an OpenAI SDK got a 200 it could not parse, with a healthy serve behind).
     payload = await upstream.read_capped(WHOLE_ANSWER_LIMIT)
     try:
         answer = json.loads(payload)
@@ -255,20 +257,6 @@ async def _whole(sink: ResponseSink, exchange: Exchange, upstream: UpstreamRespo
     out.answer = reduced if keep_answer else None
 
 
-def _reduced(payload: bytes, dialect: str) -> Answer | None:
-    try:
-        return REDUCERS[dialect](checked_answer(json.loads(payload), dialect))
-    except (ValueError, UpstreamProtocolError):
-        return None  # relayed as the upstream wrote it; there is just no text to sample
-
-
-def _usage_from_json(payload: bytes, dialect: str) -> tuple[int | None, int | None] | None:
-    try:
-        return usage_of(checked_answer(json.loads(payload), dialect), dialect)
-    except (ValueError, UpstreamProtocolError):
-        return None  # the bytes went out as the upstream wrote them; only the count is unknown
-
-
 class _Stream:
     """One streamed answer, relayed event by event under the commit rule."""
 
@@ -283,6 +271,7 @@ class _Stream:
                             else None)
         self.held: list[bytes] = []
         self.held_bytes = 0
+        self.ended = False  # the upstream said its answer is whole: [DONE], a finish reason, message_stop
 
     async def run(self) -> None:
         out = self.out
@@ -296,6 +285,10 @@ class _Stream:
             tail = decoder.close()
             if tail is not None:
                 await self._event(tail)
+            if not self.ended:
+                # A body that simply stops (a proxy's page spliced in, an engine that died behind a proxy that
+                # closed the stream cleanly) is a cut answer, not a short one: never verified, never finished.
+                raise UpstreamProtocolError("the stream ended before the answer did (no [DONE], no finish reason)")
             if self.translator is not None:
                 await self._emit(self.translator.finish(), content=False)
         except Exception as exc:  # after the commit the client is owed an ending, whatever broke
@@ -319,6 +312,7 @@ class _Stream:
     async def _event(self, event: SSEEvent) -> None:
         exchange, out = self.exchange, self.out
         if event.data == "[DONE]":
+            self.ended = True
             await self._emit(self.translator.finish() if self.translator is not None else [event.raw], content=False)
             return
         try:
@@ -331,6 +325,7 @@ class _Stream:
             message = detail.get("message") if isinstance(detail, dict) else detail or payload.get("message")
             raise UpstreamProtocolError(f"the upstream reported: {message}")
         out.usage(usage_of(payload, exchange.upstream_wire))
+        self.ended = self.ended or ends_answer(payload, exchange.upstream_wire)
         content = False
         if self.accumulator is not None:
             before = self.accumulator.size

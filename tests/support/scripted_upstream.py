@@ -5,7 +5,11 @@
 The scenario is picked by a marker in the last user message, ``[[NAME]]``:
 text (default), tool, text+tool, error500, error400 (a context-length refusal), invalid400, midstream, slow, badjson,
 truncated, reasoning (reasoning_content before the answer), the faults of a broken engine (shortbody,
-badchoices, baddelta, arraydata, badusage, hang, empty400), and
+badchoices, baddelta, arraydata, badusage, hang, empty400), the fault matrix's faults (each streamed or whole, its
+text ``part0 part1 …`` so a partial answer is told from a fallback's ``tok0 …``: hangfirst (nothing at all, not even
+the headers), hangmid (three pieces, then silence), die5 (five pieces, then the connection is cut), badsse (an HTML
+error page spliced into the event stream, which then ends with no [DONE]), notjson (a frame, or a whole body, that
+is not JSON)), and
 diligent (a non-streamed answer that does what the request asks: calls the offered tool with the
 city the question names, fills a JSON schema, finds a passphrase, writes the asked-for function,
 answers the benchmark's questions; streamed, it is ``text``), exhausted (a blank answer cut off by
@@ -439,8 +443,87 @@ async def _empty_400(script: Script, request: web.Request, body: dict[str, Any])
     return web.Response(status=400)
 
 
+# --- the fault matrix (tests/inference/test_fault_matrix.py): streamed or whole, as the request asks ------
+
+
+def _partial_pieces(body: dict[str, Any]) -> list[bytes]:
+    """The answer the matrix's faults begin, cut in pieces: SSE chunks of ``part{i} ``, or its JSON in 8 slices."""
+    if body.get("stream"):
+        return [b"data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "choices": [
+            {"index": 0, "delta": {"content": f"part{i} "}, "finish_reason": None}]}).encode() + b"\n\n"
+            for i in range(8)]
+    whole = json.dumps({"id": "c", "object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "".join(f"part{i} " for i in range(8))},
+         "finish_reason": "stop"}], "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": 8}}).encode()
+    size = len(whole) // 8 + 1
+    return [whole[i:i + size] for i in range(0, len(whole), size)]
+
+
+async def _start_partial(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    kind = "text/event-stream" if body.get("stream") else "application/json"
+    response = web.StreamResponse(headers={"content-type": kind})
+    await response.prepare(request)
+    return response
+
+
+async def _hang_first(script: Script, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    """The request is read, then nothing comes back, not even the status line: an engine stuck before its first byte."""
+    await asyncio.sleep(3600)
+    return web.Response()
+
+
+async def _hang_mid(script: Script, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    """Three pieces of the answer, then silence with the connection open."""
+    response = await _start_partial(request, body)
+    for piece in _partial_pieces(body)[:3]:
+        await response.write(piece)
+        await asyncio.sleep(script.delay)
+    await asyncio.sleep(3600)
+    return response
+
+
+async def _die_after_five(script: Script, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    """Five pieces of the answer, then the connection is cut (the chunked body never ends)."""
+    response = await _start_partial(request, body)
+    for piece in _partial_pieces(body)[:5]:
+        await response.write(piece)
+        await asyncio.sleep(script.delay)
+    request_transport(response).close()
+    return response
+
+
+async def _not_an_event_stream(script: Script, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    """Malformed SSE: one good event, then a proxy's HTML error page in the stream (lines SSE ignores), and the
+    body ends with no [DONE] and no finish_reason. Asked for a whole answer, the same bytes come, as an event stream."""
+    response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await response.prepare(request)
+    stream = {**body, "stream": True}
+    await response.write(_partial_pieces(stream)[0])
+    await asyncio.sleep(script.delay)
+    await response.write(b"<html><head><title>502 Bad Gateway</title></head>\n<body><h1>502 Bad Gateway</h1>"
+                         b"</body></html>\n\n")
+    return response
+
+
+async def _not_json(script: Script, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    """Invalid JSON: streamed, two good frames, then a frame whose data is cut-off JSON, then [DONE]; whole, a
+    complete 200 body (with its Content-Length) that is not JSON."""
+    if not body.get("stream"):
+        return web.Response(body=b'{"id": "c", "object": "chat.completion", "choices": [{"index": 0, "mess',
+                            content_type="application/json")
+    response = await _start_partial(request, body)
+    for piece in _partial_pieces(body)[:2]:
+        await response.write(piece)
+        await asyncio.sleep(script.delay)
+    await response.write(b'data: {"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 0, "del\n\n')
+    await response.write(b"data: [DONE]\n\n")
+    return response
+
+
 FAULTS = {"shortbody": _short_body, "badchoices": _malformed_stream, "baddelta": _malformed_stream,
-          "arraydata": _malformed_stream, "badusage": _bad_usage, "hang": _hang, "empty400": _empty_400}
+          "arraydata": _malformed_stream, "badusage": _bad_usage, "hang": _hang, "empty400": _empty_400,
+          "hangfirst": _hang_first, "hangmid": _hang_mid, "die5": _die_after_five, "badsse": _not_an_event_stream,
+          "notjson": _not_json}
 
 
 async def models(request: web.Request) -> web.Response:
