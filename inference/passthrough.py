@@ -38,7 +38,7 @@ from inference.upstream_client import UpstreamError, UpstreamRequest, UpstreamTi
 from inference.wire import Dialect, anthropic_client
 from routing import web_state
 from routing.breaker import SKIP
-from routing.decide import Decision, decide_for_path
+from routing.decide import AUTO_MODELS, Decision, decide_for_path
 from routing.decision_log import DECISION_LOG
 from serves.catalog import ServeView, current_serves
 from serves.upstream_keys import upstream_auth_headers
@@ -163,7 +163,7 @@ def path_refusal(decision: Decision, path: str) -> FrontDoorError:
     if decision.unknown_model:
         return NotFound(f"No enabled serve is named {decision.requested_model!r}.", param="model",
                         code="model_not_found")
-    if decision.requested_model:
+    if decision.requested_model and decision.requested_model not in AUTO_MODELS:  # "auto" asks for any serve
         return NotFound(f"The model {decision.requested_model!r} cannot answer {path} ({why}).", param="model")
     return Unavailable(f"No enabled serve answers {path}" + (f" ({why})." if why else "."))
 

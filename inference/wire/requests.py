@@ -32,11 +32,21 @@ from inference.wire.shape import (
 OPENAI_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 ANTHROPIC_ROLES = frozenset({"user", "assistant"})
 _ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+# A UTF-16 surrogate written as UTF-8 bytes (ED A0..BF ..): not UTF-8, yet json.loads decodes bytes with
+# "surrogatepass" and lets it through, to fail later where the upstream body is encoded (a 500).
+_ENCODED_SURROGATE = re.compile(rb"\xed[\xa0-\xbf]")
+# How deep a body may nest (serde_json's default): far past any real request, and far short of Python's
+# recursion limit, which a body that only just parsed could reach later, when Anvil encodes it again (the
+# surrogate check below, the upstream body, a Responses stream's echo of it: a 500, or an empty stream).
+MAX_NESTING = 128
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
     if not body.strip():
         raise InvalidRequest("The request body is empty; send a JSON object.")
+    if _ENCODED_SURROGATE.search(body) and json.detect_encoding(body).startswith("utf-8"):
+        raise InvalidRequest("The request body is not valid JSON: it is not valid UTF-8 (it holds a UTF-16 "
+                             "surrogate written as UTF-8 bytes).")
     try:
         value = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -47,9 +57,22 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         raise InvalidRequest(f"The request body has a value Anvil cannot read: {exc}.") from None
     if not isinstance(value, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    if body.count(b"{") + body.count(b"[") > MAX_NESTING and _nesting(value) > MAX_NESTING:
+        raise InvalidRequest(f"The request body is nested more than {MAX_NESTING} levels deep.")
     if _ESCAPED_SURROGATE.search(body):
         _refuse_lone_surrogates(value)
     return value
+
+
+def _nesting(value: Any) -> int:
+    """How deep ``value`` nests (the body's object is 1), a level at a time (no recursion, and about a tenth of
+    json.loads's own time on a 10,000-message body); stops counting past MAX_NESTING."""
+    level, depth = [value], 0
+    while level and depth <= MAX_NESTING:
+        depth += 1
+        level = [child for node in level for child in (node.values() if type(node) is dict else node)
+                 if type(child) is dict or type(child) is list]
+    return depth
 
 
 def _refuse_lone_surrogates(value: dict[str, Any]) -> None:

@@ -61,9 +61,10 @@ def integer(low: int = INT64_MIN, high: int = INT64_MAX) -> Check:
 
 def number(low: float, high: float, *, low_open: bool = False) -> Check:
     def check(value: Any, where: str) -> None:
-        # NaN compares false with everything, so the range test refuses it (and the infinities).
-        if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
-                or not low <= value <= high or (low_open and value == low)):
+        # NaN compares false with everything, so the range test refuses it (and the infinities). The range test
+        # comes first: math.isfinite raises OverflowError on an integer past a float's range (10**400).
+        if (isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high
+                or not math.isfinite(value) or (low_open and value == low)):
             bracket = "(" if low_open else "["
             raise ShapeError(where, f"must be a number in {bracket}{low:g}, {high:g}].")
 
