@@ -367,12 +367,14 @@ class _Stream:
         out.label = "timeout" if isinstance(exc, UpstreamTimedOut) else "error"
         out.upstream_failed, out.detail = True, detail
         message = f"Serve {exchange.serve.name} failed mid-stream: {detail}"
-        try:
-            if self.translator is not None:
-                anthropic = exchange.client_dialect is Dialect.ANTHROPIC
+        event = error_event(UpstreamFailed(message), exchange.client_dialect)
+        if self.translator is not None:
+            anthropic = exchange.client_dialect is Dialect.ANTHROPIC
+            try:  # the translator closes what it opened (a content block, a Responses item) first
                 event = b"".join(self.translator.error("api_error" if anthropic else "server_error", message))
-            else:
-                event = error_event(UpstreamFailed(message), exchange.client_dialect)
+            except Exception:  # it could not: the plain error event still tells the client
+                log.exception("serve %s: the translated error event could not be built", exchange.serve.name)
+        try:
             await self._send(event)
         finally:
             await _end_body(self.sink)
