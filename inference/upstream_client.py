@@ -122,6 +122,13 @@ async def close_sessions() -> None:
     _sessions.clear()
 
 
+async def close_session_of_this_loop() -> None:
+    """Close the running loop's upstream client: for a short-lived loop (a test's, a command's) about to end."""
+    session = _sessions.pop(asyncio.get_running_loop(), None)
+    if session is not None and not session.closed:
+        await session.close()
+
+
 @asynccontextmanager
 async def open_upstream(request: UpstreamRequest) -> AsyncIterator[UpstreamResponse]:
     loop = asyncio.get_running_loop()

@@ -25,6 +25,7 @@ def call(method: str, path: str, body: bytes = b"", headers: dict[str, str] | No
          timeout: float = 10) -> Answer:
     """One HTTP request through the whole ASGI stack, the response read to its end."""
     from anvil_site.asgi import application
+    from inference.upstream_client import close_session_of_this_loop
 
     given = {"host": "127.0.0.1", **{k.lower(): v for k, v in (headers or {}).items()}}
     scope = {
@@ -47,6 +48,7 @@ def call(method: str, path: str, body: bytes = b"", headers: dict[str, str] | No
                 break
         await communicator.wait(timeout)
         await settle_all()  # this loop closes with the call: let background checks finish in it
+        await close_session_of_this_loop()  # and close its upstream client, or it warns when collected
         headers = {k.decode().lower(): v.decode() for k, v in start["headers"]}
         return Answer(start["status"], headers, b"".join(chunks))
 
