@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -38,6 +39,37 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         process.wait(timeout=10)
         socket_path.unlink(missing_ok=True)
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_engine_outlives_the_suite() -> Iterator[None]:
+    """Process serves belong to the host, not to a test: a test that fails mid-load would leave its engine
+    running (a vLLM holds gigabytes) into the next run. At the end, stop every keeper under this suite's
+    var directory, whole process groups, and say which were left."""
+    yield
+    import os
+    import signal
+
+    import psutil
+
+    root = str(Path(settings.VAR_DIR) / "serves")
+    left = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if any(part.endswith("process_keeper.py") for part in cmdline) and any(part.startswith(root)
+                                                                                for part in cmdline):
+            left.append(process)
+    for process in left:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGTERM)
+    _gone, alive = psutil.wait_procs(left, timeout=15)
+    for process in alive:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+    if left:
+        names = [process.info["cmdline"][process.info["cmdline"].index("--serve") + 1] for process in left
+                 if "--serve" in process.info["cmdline"]]
+        print(f"\nstopped {len(left)} process serve(s) a test left running: {', '.join(names)}")
 
 
 @pytest.fixture
