@@ -1,35 +1,46 @@
 """Requests in flight per serve, counted in Redis across every web process, so an unload can drain.
 
-An attempt counts itself in (``enter``) before it calls the serve and out (``leave``) when it is done;
-``serves.loading.in_flight`` reads the count. Neither call waits for Redis: the hot path pays a task
-scheduled, not a round trip. A count has a TTL refreshed by every entry, so the leftovers of a web
-process that died mid-request fade instead of wedging drains for good (the pool's leases will make this
-exact per request).
+An attempt counts itself in and out (``holding``) in this process's memory: the hot path pays a dict
+update, never a Redis call. A flusher writes what changed at most every ``FLUSH_SECONDS`` (one pipeline
+for every serve that moved), as this process's field of the serve's hash ``…:inflight:<serve>``:
+``"<count> <written at>"``. While a count is not zero the flusher rewrites it every ``HEARTBEAT_SECONDS``,
+so ``serves.drain_counts.in_flight``, which sums the fields, can ignore one older than ``STALE_SECONDS``:
+the leftovers of a web process that died mid-request fade instead of wedging drains for good.
+
+A count reaches Redis up to ``FLUSH_SECONDS`` after the request started; an unload lets that much pass
+(``serves.loading.DRAIN_SETTLE_SECONDS``, with the web processes' view of the new state) before it trusts a zero.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import time
 import weakref
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis.asyncio
 from django.conf import settings
 
+from serves.drain_counts import FLUSH_SECONDS, HEARTBEAT_SECONDS, STALE_SECONDS, inflight_key
+
 log = logging.getLogger(__name__)
 
-COUNT_TTL = 300  # seconds a count outlives its last entry
+RETRY_SECONDS = 1.0
 
 
 class InFlight:
     def __init__(self) -> None:
         self.client: redis.asyncio.Redis | None = None
-        self.pending: set[asyncio.Task[None]] = set()
-
-    def _key(self, serve: str) -> str:
-        return f"{settings.ANVIL_REDIS_PREFIX}:inflight:{serve}"
+        self.counts: Counter[str] = Counter()
+        self.dirty: set[str] = set()
+        self.flusher: asyncio.Task[None] | None = None
+        # One field per process and event loop: a restarted process never inherits a dead one's count.
+        self.field = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
 
     def _redis(self) -> redis.asyncio.Redis:
         if self.client is None:
@@ -37,28 +48,55 @@ class InFlight:
                                                  socket_connect_timeout=settings.ANVIL_REDIS_TIMEOUT)
         return self.client
 
-    def _later(self, step: int, serve: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._apply(step, serve))
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
+    def _changed(self, serve: str) -> None:
+        self.dirty.add(serve)
+        if self.flusher is None or self.flusher.done():
+            self.flusher = asyncio.get_running_loop().create_task(self._flush_loop())
 
-    async def _apply(self, step: int, serve: str) -> None:
-        key = self._key(serve)
+    async def _flush_loop(self) -> None:
+        """Write what changed every FLUSH_SECONDS, and the live counts every HEARTBEAT_SECONDS, until all is zero."""
+        beat = time.monotonic()
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            if time.monotonic() - beat >= HEARTBEAT_SECONDS:
+                beat = time.monotonic()
+                self.dirty.update(serve for serve, count in self.counts.items() if count)
+            if self.dirty and not await self._flush():
+                await asyncio.sleep(RETRY_SECONDS)  # Redis away: the counts stay dirty until it answers
+            if not self.dirty and not any(self.counts.values()):
+                return
+
+    async def _flush(self) -> bool:
+        dirty, self.dirty = self.dirty, set()
+        now = time.time()
         try:
             async with self._redis().pipeline(transaction=False) as pipe:
-                pipe.incrby(key, step)
-                pipe.expire(key, COUNT_TTL)
+                for serve in dirty:
+                    key, count = inflight_key(serve), self.counts.get(serve, 0)
+                    if count:
+                        pipe.hset(key, self.field, f"{count} {now:.3f}")
+                        pipe.expire(key, int(STALE_SECONDS * 2))
+                    else:
+                        pipe.hdel(key, self.field)
                 await pipe.execute()
         except Exception:  # a count is an aid to drains, never a reason to fail a request
-            log.debug("could not count %s in flight (Redis)", serve, exc_info=True)
+            self.dirty |= dirty
+            log.debug("could not write the requests in flight (Redis)", exc_info=True)
+            return False
+        for serve in dirty:
+            if not self.counts.get(serve):
+                self.counts.pop(serve, None)
+        return True
 
     @asynccontextmanager
     async def holding(self, serve: str) -> AsyncIterator[None]:
-        self._later(1, serve)
+        self.counts[serve] += 1
+        self._changed(serve)
         try:
             yield
         finally:
-            self._later(-1, serve)
+            self.counts[serve] -= 1
+            self._changed(serve)
 
 
 _counters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, InFlight] = weakref.WeakKeyDictionary()

@@ -13,7 +13,8 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from anvil_site.task_queue import QueueUnavailable
-from serves.loading import InvalidLoadRequest, in_flight
+from serves.drain_counts import in_flight
+from serves.loading import InvalidLoadRequest
 from serves.models import Health, Modality, ModelState, Runtime, Serve, ServeEvent
 from serves.operations import LoadConflict, request_load, request_unload
 from serves.runtimes import runtime_for

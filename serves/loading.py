@@ -24,12 +24,11 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-import redis
-from django.conf import settings
 from django.utils import timezone
 
 from serves import model_states
 from serves.claims import OperationResult, claim, release
+from serves.drain_counts import FLUSH_SECONDS, in_flight
 from serves.models import LoadError, ModelState, Runtime, Serve, ServeEvent
 from serves.probes import gpu_of
 from serves.runtimes import ServeRuntime, Started, runtime_for
@@ -39,6 +38,7 @@ from serves.upstream_keys import upstream_auth_headers
 log = logging.getLogger(__name__)
 
 Outcome = ServeEvent.Outcome
+DRAIN_SETTLE_SECONDS = model_states.CHECK_SECONDS + FLUSH_SECONDS + 0.1
 READY_POLL_SECONDS = 0.1  # Anvil's part of a load is one poll interval at most
 READY_PROBE_TIMEOUT = httpx.Timeout(2.0, connect=1.0)
 _OUT_OF_MEMORY = re.compile(r"out of memory|OutOfMemoryError|CUDA error: out of memory|cannot allocate memory|"
@@ -240,17 +240,6 @@ def _wait_ready(serve: Serve, runtime: ServeRuntime, started: Started, probe: ht
     return None
 
 
-def in_flight(serve: str) -> int:
-    """Requests the web processes hold at ``serve`` now (their leases in Redis); 0 when Redis cannot say."""
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=settings.ANVIL_REDIS_TIMEOUT)
-    try:
-        return int(client.get(f"{settings.ANVIL_REDIS_PREFIX}:inflight:{serve}") or 0)
-    except (redis.RedisError, ValueError):
-        return 0
-    finally:
-        client.close()
-
-
 def do_unload(serve_id: int, requested_by: str) -> OperationResult:
     """Drain ``serve_id`` (bounded by its drain_timeout), then stop it; idempotent for an unloaded serve."""
     serve = Serve.objects.get(pk=serve_id)
@@ -273,6 +262,9 @@ def do_unload(serve_id: int, requested_by: str) -> OperationResult:
                                    ModelState.UNLOADED)
         transition(serve, ModelState.UNLOADING, action="unload", requested_by=requested_by, detail="draining")
         deadline = time.monotonic() + serve.drain_timeout
+        # A zero is trusted once every web process has seen "unloading" (no new request goes there) and
+        # written the counts of the ones it had just started.
+        time.sleep(min(DRAIN_SETTLE_SECONDS, serve.drain_timeout))
         while in_flight(serve.name) > 0 and time.monotonic() < deadline:
             time.sleep(0.1)
         left = in_flight(serve.name)

@@ -16,7 +16,8 @@ from typing import Any
 from django.db import transaction
 
 from anvil_site.task_queue import QueueUnavailable
-from serves.loading import InvalidLoadRequest, check_overrides, in_flight, transition
+from serves.drain_counts import in_flight
+from serves.loading import InvalidLoadRequest, check_overrides, transition
 from serves.models import ModelState, Runtime, Serve, ServeEvent
 from serves.probes import gpus
 from serves.tasks import enqueue, enqueue_load
