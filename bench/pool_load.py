@@ -11,7 +11,7 @@ production, one web process and one Celery worker on an embedded Redis and SQLit
 Per load, four instants on one clock (``time.time()``):
 
 * ``t0``: the load request is sent;
-* ``spawned``: the engine process was created (its ``create_time``, a child of the serve's keeper);
+* ``spawned``: the serve's keeper started the engine (its ``engine.json``);
 * ``ready``: the engine first answers its own ``/v1/models`` (polled directly every 10 ms);
 * ``first``: the first content token reaches a client that has been asking the front door every 25 ms.
 
@@ -38,11 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from serves.process_keeper import ENGINE_FILE  # noqa: E402
 from tests.support.engines import built_layout  # noqa: E402
 from tests.support.processes import free_port, running  # noqa: E402
 
@@ -109,16 +109,19 @@ preset_args = {inline({"python": str(layout.python(layout.vllm_venv)), "model": 
     return path, ports
 
 
-def engine_spawned_at(port: int, after: float, deadline: float) -> float:
-    """create_time of the process listening on (or about to listen on) ``port``: the keeper's child."""
+def engine_spawned_at(serve_dir: Path, after: float, deadline: float) -> float:
+    """When the keeper started the engine (its engine.json; process create_time is only as exact as the
+    kernel's boot time, whole seconds)."""
+    path = serve_dir / ENGINE_FILE
     while time.time() < deadline:
-        for process in psutil.process_iter(["cmdline", "create_time"]):
-            cmdline = process.info["cmdline"] or []
-            if str(port) in cmdline and not any(part.endswith("process_keeper.py") for part in cmdline) \
-                    and process.info["create_time"] >= after - 1:
-                return float(process.info["create_time"])
+        try:
+            started = float(json.loads(path.read_text())["started"])
+            if started >= after:
+                return started
+        except (OSError, ValueError, KeyError):
+            pass
         time.sleep(0.005)
-    raise TimeoutError(f"no engine process for port {port}")
+    raise TimeoutError(f"no engine started under {serve_dir}")
 
 
 async def first_ok(session: aiohttp.ClientSession, url: str, deadline: float) -> float:
@@ -166,14 +169,15 @@ async def engine_ttft(session: aiohttp.ClientSession, port: int, model: str) -> 
     return statistics.median(samples)
 
 
-async def one_load(anvil: str, admin: dict[str, str], key: dict[str, str], engine: str, port: int) -> Load:
+async def one_load(anvil: str, admin: dict[str, str], key: dict[str, str], engine: str, port: int,
+                   serve_dir: Path) -> Load:
     deadline = time.time() + LOAD_DEADLINE[engine]
     async with aiohttp.ClientSession() as session:
         t0 = time.time()
         async with session.post(f"{anvil}/v1/admin/models/{engine}/load", headers=admin, json={}) as answer:
             if answer.status != 202:
                 raise RuntimeError(f"load {engine}: {answer.status} {await answer.text()}")
-        spawned_task = asyncio.get_running_loop().run_in_executor(None, engine_spawned_at, port, t0, deadline)
+        spawned_task = asyncio.get_running_loop().run_in_executor(None, engine_spawned_at, serve_dir, t0, deadline)
         ready_task = asyncio.ensure_future(first_ok(session, f"http://127.0.0.1:{port}/v1/models", deadline))
         first = await first_token(session, f"{anvil}/v1/chat/completions", key, engine, deadline)
         spawned, ready = await spawned_task, await ready_task
@@ -272,7 +276,8 @@ def main() -> None:
                 done = len(loads)
                 print(f"\r[{'#' * done}{'.' * (total - done)}] loading {engine}...", end="", file=sys.stderr,
                       flush=True)
-                loads.append(asyncio.run(one_load(anvil, admin, key, engine, ports[engine])))
+                loads.append(asyncio.run(one_load(anvil, admin, key, engine, ports[engine],
+                                                  Path(tmp) / "anvil-var" / "serves" / engine)))
         print(f"\r[{'#' * total}] done{' ' * 30}", file=sys.stderr)
     print(report(loads, args))
     print("\nper load (s):", json.dumps([[x.engine, round(x.total, 3), round(x.engine_start, 3),

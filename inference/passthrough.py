@@ -115,7 +115,7 @@ async def _relay(sink: ResponseSink, decision: Decision, record: DecisionRecordD
         if tried >= settings.ANVIL_ATTEMPT_BUDGET:
             record.attempts.append({"serve": serve.name, "outcome": "budget-stop"})
             continue
-        if await web_state.breaker_allows(serve.name) == SKIP:
+        if await web_state.breaker_allows(serve.name, serve.loaded_at) == SKIP:
             record.attempts.append({"serve": serve.name, "outcome": "skipped-circuit"})
             continue
         request = build(serve)

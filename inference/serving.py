@@ -240,7 +240,7 @@ async def _attempts(sink: ResponseSink, request: RelayRequest, decision: Decisio
         if tried >= budget:
             attempts.append({"serve": serve.name, "outcome": "budget-stop"})
             continue
-        if await web_state.breaker_allows(serve.name) == SKIP:
+        if await web_state.breaker_allows(serve.name, serve.loaded_at) == SKIP:
             attempts.append({"serve": serve.name, "outcome": "skipped-circuit"})
             continue
         tried += 1

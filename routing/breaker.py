@@ -48,9 +48,18 @@ class MemoryBreakers:
             row.update(failures=0, open=0, probe_until=0.0)
             return -1 if was_open else 0
         row["failures"] += 1
+        row["last_failure"] = now
         if row["open"] or row["failures"] >= self.config.failures:
             row.update(open=1, opened=now, probe_until=0.0)
         return int(row["failures"])
+
+    async def forget_before(self, serve: str, since: float) -> bool:
+        """Clear the serve's record if every failure on it happened before ``since``; True if cleared."""
+        row = self.rows.get(serve)
+        if row is None or not 0 < row.get("last_failure", 0.0) < since:
+            return False
+        del self.rows[serve]
+        return True
 
 
 
@@ -73,6 +82,7 @@ if ARGV[1] == '1' then
   return -was_open
 end
 redis.call('SADD', KEYS[2], ARGV[4])
+redis.call('HSET', KEYS[1], 'last_failure', ARGV[2])
 local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
 local open = tonumber(redis.call('HGET', KEYS[1], 'open') or '0')
 if open == 1 or failures >= tonumber(ARGV[3]) then
@@ -80,6 +90,16 @@ if open == 1 or failures >= tonumber(ARGV[3]) then
 end
 redis.call('EXPIRE', KEYS[1], 86400)
 return failures
+"""
+# KEYS[1] = the serve's hash, KEYS[2] = the troubled set; ARGV = since, serve
+_FORGET_BEFORE = """
+local last = tonumber(redis.call('HGET', KEYS[1], 'last_failure') or '0')
+if last > 0 and last < tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  redis.call('SREM', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
 """
 
 
@@ -90,6 +110,7 @@ class RedisBreakers:
         self.prefix = prefix
         self._allow = client.register_script(_ALLOW)  # type: ignore[attr-defined]
         self._record = client.register_script(_RECORD)  # type: ignore[attr-defined]
+        self._forget_before = client.register_script(_FORGET_BEFORE)  # type: ignore[attr-defined]
 
     def _key(self, serve: str) -> str:
         return f"{self.prefix}:breaker:{serve}"
@@ -106,6 +127,11 @@ class RedisBreakers:
         """The consecutive failures now on record; -1 when a success closed an open breaker."""
         return int(await self._record(keys=[self._key(serve), self.troubled_key],
                                       args=[1 if ok else 0, now, self.config.failures, serve]))
+
+    async def forget_before(self, serve: str, since: float) -> bool:
+        """Clear the serve's record if every failure on it happened before ``since`` (a load since: a
+        new engine, not the one that failed); True if cleared. Atomic across processes."""
+        return bool(await self._forget_before(keys=[self._key(serve), self.troubled_key], args=[since, serve]))
 
     async def troubled(self) -> set[str]:
         """The serves with any failure on record: the only ones whose breaker needs asking."""

@@ -12,7 +12,7 @@ import redis.asyncio
 from django.conf import settings
 
 from anvil_site.snapshots import Snapshot
-from routing.breaker import ALLOW, BreakerConfig, MemoryBreakers, RedisBreakers
+from routing.breaker import ALLOW, SKIP, BreakerConfig, MemoryBreakers, RedisBreakers
 from routing.classifier import DEFAULT_RULES, Rule
 from routing.models import ClassifierRule, ProfileEntry
 from routing.policy import PolicyConfig
@@ -130,15 +130,27 @@ def mirror() -> TroubledMirror:
     return found
 
 
-async def breaker_allows(serve: str) -> str:
-    """allow | probe | skip: the shared breaker, or this process's own while Redis cannot answer."""
+async def breaker_allows(serve: str, loaded_at: float = 0.0) -> str:
+    """allow | probe | skip: the shared breaker, or this process's own while Redis cannot answer.
+
+    ``loaded_at``: when the serve last became loaded (epoch seconds). Failures that all came before it
+    were the previous engine's (or a request that raced an unload): a fresh load starts with a closed
+    breaker, instead of being skipped for a cooldown it did not earn."""
     if not mirror().troubled(serve):
         return ALLOW
+    now = time.time()
     try:
-        verdict = await breakers().allow(serve, time.time())
+        verdict = await breakers().allow(serve, now)
+        if verdict == SKIP and loaded_at and await breakers().forget_before(serve, loaded_at):
+            log.info("circuit closed: serve %s was loaded again after its failures", serve)
+            verdict = ALLOW
     except Exception as error:
         OUTAGE.failed(error)
-        return await local_breakers().allow(serve, time.time())
+        own = local_breakers()
+        verdict = await own.allow(serve, now)
+        if verdict == SKIP and loaded_at and await own.forget_before(serve, loaded_at):
+            verdict = ALLOW
+        return verdict
     OUTAGE.answered()
     return verdict
 

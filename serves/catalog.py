@@ -51,6 +51,11 @@ class ServeView:
     def loaded(self) -> bool:
         return self.model_state == "loaded"
 
+    @property
+    def loaded_at(self) -> float:
+        """When this serve last became loaded (epoch seconds); 0 when unknown or it is not loaded."""
+        return self.state_changed_at if self.model_state == "loaded" and self.runtime != "remote" else 0.0
+
 
 def _view(serve: Serve) -> ServeView:
     return ServeView(

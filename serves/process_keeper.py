@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 EXIT_FILE = "exit.json"
+ENGINE_FILE = "engine.json"  # the engine's pid and when it was started: how long its own start takes
 LOG_FILE = "output.log"
 
 
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         log.write(f"[keeper] cannot start {command[0]!r}: {exc}\n".encode())
         _exit_file(args.dir, 127)
         return 127
+    _write_json(args.dir, ENGINE_FILE, {"pid": child.pid, "started": time.time()})
 
     def forward(signum: int, _frame: object) -> None:
         # A SIGTERM to the keeper alone (not the group) still stops the engine.
@@ -85,9 +87,13 @@ def _pump(child: subprocess.Popen[bytes], log: BoundedLog) -> None:
 
 
 def _exit_file(directory: Path, code: int) -> None:
-    temporary = directory / (EXIT_FILE + ".tmp")
-    temporary.write_text(json.dumps({"code": code, "at": time.time()}))
-    os.replace(temporary, directory / EXIT_FILE)
+    _write_json(directory, EXIT_FILE, {"code": code, "at": time.time()})
+
+
+def _write_json(directory: Path, name: str, payload: dict[str, object]) -> None:
+    temporary = directory / (name + ".tmp")
+    temporary.write_text(json.dumps(payload))
+    os.replace(temporary, directory / name)  # whole or not at all, for a reader polling it
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 
 import redis.asyncio
 from asgiref.sync import async_to_sync
@@ -89,3 +90,30 @@ def test_two_processes_share_one_breaker_and_exactly_one_probe(redis_server: str
         return seen
 
     assert async_to_sync(here)() == [SKIP, PROBE, "skip"]
+
+
+def reload_scenario(breakers) -> list[object]:  # type: ignore[no-untyped-def]
+    """A serve's breaker opens on the old engine; the serve is loaded again at t=50."""
+    said: list[object] = []
+
+    async def go() -> None:
+        for t in (0, 1, 2):
+            await breakers.record("s", False, t)
+        said.append(await breakers.allow("s", 10))  # open
+        said.append(await breakers.forget_before("s", 1.5))  # a failure came after that load: kept
+        said.append(await breakers.allow("s", 11))
+        said.append(await breakers.forget_before("s", 50))  # every failure was the old engine's: cleared
+        said.append(await breakers.allow("s", 51))  # the new engine starts closed, not cooling down
+        await breakers.record("s", False, 52)
+        said.append(await breakers.allow("s", 53))  # one new failure: closed, counting afresh
+
+    async_to_sync(go)()
+    return said
+
+
+RELOAD_EXPECTED = [SKIP, False, SKIP, True, ALLOW, ALLOW]
+
+
+def test_a_reload_clears_the_failures_of_the_engine_before_it() -> None:
+    assert reload_scenario(MemoryBreakers(CONFIG)) == RELOAD_EXPECTED
+    assert reload_scenario(redis_breakers(f"anvil-test-reload-{time.monotonic_ns()}")) == RELOAD_EXPECTED
