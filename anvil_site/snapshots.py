@@ -50,6 +50,12 @@ async def settle_all() -> None:
         await snapshot.settle()
 
 
+def invalidate_all() -> None:
+    """Forget every snapshot's rows: the next read loads again (a database swapped underneath, as tests do)."""
+    for snapshot in list(_ALL):
+        snapshot.invalidate()
+
+
 class Snapshot(Generic[T]):
     def __init__(self, model: type[models.Model], load: Callable[[], T], interval: Callable[[], float],
                  clock: Callable[[], float] = time.monotonic) -> None:

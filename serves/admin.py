@@ -15,7 +15,7 @@ from django.utils.html import format_html
 from anvil_site.task_queue import QueueUnavailable
 from serves.drain_counts import in_flight
 from serves.loading import InvalidLoadRequest
-from serves.models import Health, Modality, ModelState, Runtime, Serve, ServeEvent
+from serves.models import Health, Modality, ModelState, Runtime, Serve, ServeEvent, default_modalities
 from serves.operations import LoadConflict, request_load, request_unload
 from serves.runtimes import runtime_for
 from serves.tasks import enqueue
@@ -96,8 +96,10 @@ class ServeAdmin(admin.ModelAdmin):
 
     def formfield_for_dbfield(self, db_field: models.Field, request: HttpRequest, **kwargs: Any) -> forms.Field:
         if db_field.name == "modalities":  # checkboxes rather than a JSON text box: the values are a closed set
+            # The model's default ticked on the add page (a replaced form field loses the model's initial).
             return forms.MultipleChoiceField(choices=Modality.choices, widget=forms.CheckboxSelectMultiple,
-                                             label="Modalities", help_text=db_field.help_text)
+                                             label="Modalities", help_text=db_field.help_text,
+                                             initial=default_modalities)
         return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     @admin.display(description="state", ordering="state")

@@ -10,6 +10,7 @@ import pytest
 from django.conf import settings
 
 from anvil_site.launcher import embedded_redis_spec, redis_answers
+from anvil_site.snapshots import invalidate_all
 from tests.support.browser import browser  # noqa: F401  (a fixture, for every test package)
 from tests.support.waiting import wait_for
 
@@ -70,6 +71,14 @@ def no_engine_outlives_the_suite() -> Iterator[None]:
         names = [process.info["cmdline"][process.info["cmdline"].index("--serve") + 1] for process in left
                  if "--serve" in process.info["cmdline"]]
         print(f"\nstopped {len(left)} process serve(s) a test left running: {', '.join(names)}")
+
+
+@pytest.fixture(autouse=True)
+def fresh_snapshots() -> Iterator[None]:
+    """Each test's database starts empty, so no in-process snapshot may answer with the last test's rows
+    (a serve a previous test created would be routed to within the sync interval)."""
+    yield
+    invalidate_all()
 
 
 @pytest.fixture

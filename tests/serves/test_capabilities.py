@@ -15,6 +15,7 @@ from serves.catalog import load_enabled
 from serves.models import Serve
 from serves.probes import reported_context_limit
 from serves.tasks import sweep_status
+from tests.support.admin_forms import submitted_form
 from tests.support.live import hrm_worker
 
 pytestmark = pytest.mark.django_db
@@ -106,16 +107,13 @@ def test_the_admin_edits_capabilities_with_checkboxes() -> None:
     client.force_login(get_user_model().objects.create_superuser("ops", "", "pw-for-tests-only"))
     serve = remote("vision", context_limit=4096)
     url = f"/admin/serves/serve/{serve.pk}/change/"
-    page = client.get(url).content.decode()
+    shown = client.get(url)
+    page = shown.content.decode()
     assert 'type="checkbox" name="modalities" value="image"' in page and 'name="stream_verify"' in page
-    form = {
-        "name": "vision", "tier": "fast", "engine": "vllm", "dialect": "openai", "enabled": "on", "groups": "[]",
-        "base_url": "http://127.0.0.1:9/v1", "served_model": "m", "health_path": "/health",
-        "modalities": ["text", "image"], "supports_tools": "on", "thinking": "template", "embeddings": "on",
-        "stream_verify": "strict", "context_limit": "", "extra_body": "{}", "engine_args": "[]",
-        "events-TOTAL_FORMS": "0", "events-INITIAL_FORMS": "0", "events-MIN_NUM_FORMS": "0",
-        "events-MAX_NUM_FORMS": "0",
-    }
+    form = submitted_form(
+        shown, modalities=["text", "image"], thinking="template", embeddings=True, stream_verify="strict",
+        context_limit="",
+    )
     answer = client.post(url, form)
     assert answer.status_code == 302, answer.content.decode()[:3000]
     serve.refresh_from_db()

@@ -30,6 +30,7 @@ from serves.upstream_keys import (
     read_upstream_key,
     upstream_key_name_problem,
 )
+from tests.support.admin_forms import submitted_form
 from tests.support.processes import ROOT, child_env, manage
 
 ALLOWED = ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "ANVIL_UPSTREAM_KEY_CLAUDE", "MY_LAB_API_KEY"]
@@ -107,29 +108,23 @@ def test_model_validation_refuses_a_variable_not_named_for_keys() -> None:
     serve.full_clean()
 
 
-def _add_form(api_key_env: str) -> dict[str, object]:
-    return {
-        "name": "remote", "tier": "cloud", "engine": "openai", "dialect": "openai", "enabled": "on",
-        "groups": "[]", "base_url": "https://api.example.com/v1", "port": "", "served_model": "m",
-        "health_path": "/health", "api_key_env": api_key_env, "supports_tools": "on", "container": "",
-        "compose_file": "", "compose_service": "", "up_command": "", "gpu": "", "queue": "", "model_source": "",
-        "revision": "", "quantization": "", "context_limit": "", "extra_body": "{}", "engine_args": "[]",
-        "modalities": ["text"], "thinking": "", "stream_verify": "profile",
-        "events-TOTAL_FORMS": "0", "events-INITIAL_FORMS": "0", "events-MIN_NUM_FORMS": "0",
-        "events-MAX_NUM_FORMS": "0",
-    }
+def _add_form(client: Client, api_key_env: str) -> dict[str, object]:
+    return submitted_form(
+        client.get("/admin/serves/serve/add/"), name="remote", tier="cloud", engine="openai", dialect="openai",
+        base_url="https://api.example.com/v1", served_model="m", api_key_env=api_key_env,
+    )
 
 
 @pytest.mark.django_db
 def test_admin_form_refuses_an_anvil_setting_as_api_key_env() -> None:
     client = Client()
     client.force_login(get_user_model().objects.create_superuser("ops", "", "pw-for-tests-only"))
-    refused = client.post("/admin/serves/serve/add/", _add_form("DJANGO_SECRET_KEY"))
+    refused = client.post("/admin/serves/serve/add/", _add_form(client, "DJANGO_SECRET_KEY"))
     assert refused.status_code == 200  # the form again, with the error on the field
     errors = refused.context["adminform"].form.errors
     assert list(errors) == ["api_key_env"] and "DJANGO_SECRET_KEY" in errors["api_key_env"][0]
     assert not Serve.objects.exists()
-    accepted = client.post("/admin/serves/serve/add/", _add_form("OPENAI_API_KEY"))
+    accepted = client.post("/admin/serves/serve/add/", _add_form(client, "OPENAI_API_KEY"))
     assert accepted.status_code == 302
     assert Serve.objects.get(name="remote").api_key_env == "OPENAI_API_KEY"
 
