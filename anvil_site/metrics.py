@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
 # Streams last minutes: the top buckets cover long generations.
@@ -44,6 +44,47 @@ class SharedCounter(Collector):
             family.add_metric([value], count)
         yield family
 
+
+# The pool (docs/pool.md). Per process: how long requests waited in a serve's queue. Shared (read from
+# Redis at scrape time, the same in every web process): requests in flight and waiting per serve, loads
+# and drains (they happen in Celery workers).
+QUEUE_WAIT = Histogram("anvil_queue_wait_seconds", "Time a request waited in a serve's queue (a load included).",
+                       ["serve"], buckets=LATENCY_BUCKETS)
+
+
+class PoolCollector(Collector):
+    """The shared pool figures, refreshed by ``metrics_app`` before each scrape."""
+
+    def __init__(self) -> None:
+        self.serves: dict[str, tuple[int, int]] = {}  # serve -> (in flight, waiting)
+        self.events: dict[str, dict[tuple[str, str], tuple[int, float]]] = {}
+
+    def collect(self) -> Iterator[Any]:
+        inflight = GaugeMetricFamily("anvil_serve_inflight", "Requests in flight at a serve (every web process).",
+                                     labels=["serve"])
+        depth = GaugeMetricFamily("anvil_serve_queue_depth", "Requests waiting in a serve's queue.", labels=["serve"])
+        for serve, (flying, waiting) in sorted(self.serves.items()):
+            inflight.add_metric([serve], flying)
+            depth.add_metric([serve], waiting)
+        yield inflight
+        yield depth
+        loads = CounterMetricFamily("anvil_loads", "Model loads that ended, by outcome.", labels=["serve", "outcome"])
+        load_seconds = SummaryMetricFamily("anvil_load_seconds", "Time from a load's start to ready (or failed).",
+                                           labels=["serve", "outcome"])
+        drains = SummaryMetricFamily("anvil_drain_seconds", "Time an unload waited for requests in flight.",
+                                     labels=["serve", "outcome"])
+        for (serve, outcome), (count, seconds) in sorted(self.events.get("load", {}).items()):
+            loads.add_metric([serve, outcome], count)
+            load_seconds.add_metric([serve, outcome], count, seconds)
+        for (serve, outcome), (count, seconds) in sorted(self.events.get("drain", {}).items()):
+            drains.add_metric([serve, outcome], count, seconds)
+        yield loads
+        yield load_seconds
+        yield drains
+
+
+POOL = PoolCollector()
+REGISTRY.register(POOL)
 
 DECISIONS_DROPPED = SharedCounter("anvil_decisions_dropped",
                                   "Decision records dropped (by every process) instead of being written.", "reason")
@@ -77,9 +118,11 @@ class MetricsMiddleware:
 
 async def metrics_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """GET /metrics in the Prometheus text format."""
-    from routing.decision_log import DECISION_LOG  # needs Django's apps: imported once they are ready
+    from routing.decision_log import DECISION_LOG  # these need Django's apps: imported once they are ready
+    from serves.pool_stats import read_pool_figures
 
     DECISIONS_DROPPED.values = await DECISION_LOG.dropped_totals()
+    POOL.serves, POOL.events = await read_pool_figures()
     body = generate_latest()
     headers = [(b"content-type", CONTENT_TYPE_LATEST.encode()), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -258,6 +258,11 @@ ANVIL_CLOUD_WORK_CLASSES = env.env_list("ANVIL_CLOUD_WORK_CLASSES",
                                         ["planning", "multi-file-refactor", "review", "long-context"])
 # Attempts per request (the first try and its fallbacks).
 ANVIL_ATTEMPT_BUDGET = env.env_int("ANVIL_ATTEMPT_BUDGET", 3, minimum=1)
+# A stream waiting in a serve's queue (a load, a full serve) gets an SSE comment this often, so that
+# proxies do not cut a connection that has said nothing yet (docs/pool.md).
+ANVIL_QUEUE_HEARTBEAT = env.env_float("ANVIL_QUEUE_HEARTBEAT", 15.0, minimum=0.1)
+# How often a request waiting for an on-demand load asks for the load again (it is one load: the claim).
+ANVIL_ON_DEMAND_RETRIGGER = env.env_float("ANVIL_ON_DEMAND_RETRIGGER", 2.0, minimum=0.1)
 # An allow-with-verify answer is held at most this many bytes before it is verified.
 ANVIL_COMMIT_WINDOW_BYTES = env.env_int("ANVIL_COMMIT_WINDOW_BYTES", 8 * 1024 * 1024, minimum=1024)
 ANVIL_BREAKER_FAILURES = env.env_int("ANVIL_BREAKER_FAILURES", 3, minimum=1)

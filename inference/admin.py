@@ -27,8 +27,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
         if obj is None:
-            return ["name", "scopes"]
-        return ["name", "scopes", "prefix", "created_at", "last_used_at", "revoked_at"]
+            return ["name", "scopes", "weight", "max_queued"]
+        return ["name", "scopes", "weight", "max_queued", "prefix", "created_at", "last_used_at", "revoked_at"]
 
     def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
         if db_field.name == "scopes":  # checkboxes, not a JSON text box

@@ -119,6 +119,28 @@ class AttemptOutcome:
         self.label, self.error, self.upstream_failed = label, error, upstream_failed
 
 
+def relabel(payload: dict[str, Any], model: str) -> bool:
+    """Put ``model`` (the public id of the model that answered) where a passthrough answer names the engine's own
+    id: an OpenAI answer or chunk, an Anthropic message or its ``message_start``, a Responses event's response.
+    True when something changed (the bytes must then be written again)."""
+    holder = payload
+    if isinstance(payload.get("message"), dict):
+        holder = payload["message"]
+    elif isinstance(payload.get("response"), dict):
+        holder = payload["response"]
+    if not isinstance(holder.get("model"), str) or holder["model"] == model:
+        return False
+    holder["model"] = model
+    return True
+
+
+def _relabelled(event: SSEEvent, payload: dict[str, Any], model: str) -> bytes:
+    if not relabel(payload, model):
+        return event.raw  # as received, byte for byte
+    head = f"event: {event.event}\n" if event.event else ""
+    return f"{head}data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
+
+
 def ends_answer(payload: dict[str, Any], wire: str) -> bool:
     """Whether this (checked) stream event says the answer is complete, in the upstream's wire."""
     kind = payload.get("type")
@@ -209,6 +231,9 @@ async def _upstream_error(sink: ResponseSink, exchange: Exchange, out: AttemptOu
         # Not the serve's fault either: the breaker does not count it.
         out.give_up("fallback", rejected, upstream_failed=False)
         return
+    if sink.response_started:  # a queue's heartbeats began the stream: the consumer ends it with this error
+        out.give_up("error", rejected, upstream_failed=False)
+        return
     out.committed, out.label = True, "error"
     if exchange.passthrough and _in_dialect(payload, exchange.client_dialect):
         await sink.send_complete(status, payload, sink.base_headers())
@@ -248,7 +273,10 @@ async def _whole(sink: ResponseSink, exchange: Exchange, upstream: UpstreamRespo
         if out.labels:
             out.label = "fallback"
             return
-    body = payload if exchange.passthrough else json.dumps(exchange.translate_answer(answer)).encode()
+    if exchange.passthrough:
+        body = json.dumps(answer).encode() if relabel(answer, exchange.serve.model) else payload
+    else:
+        body = json.dumps(exchange.translate_answer(answer)).encode()
     out.committed = True
     out.first_byte_at = time.perf_counter()
     out.usage(usage_of(answer, exchange.upstream_wire))
@@ -331,7 +359,10 @@ class _Stream:
             before = self.accumulator.size
             self.accumulator.feed(payload)
             content = self.accumulator.size > before
-        pieces = [event.raw] if self.translator is None else self.translator.feed(payload)
+        if self.translator is None:
+            pieces = [_relabelled(event, payload, exchange.serve.model)]
+        else:
+            pieces = self.translator.feed(payload)
         await self._emit(pieces, content=content)
 
     async def _emit(self, pieces: list[bytes], *, content: bool) -> None:
@@ -350,7 +381,8 @@ class _Stream:
 
     async def _commit(self) -> None:
         self.out.committed = True
-        await self.sink.send_headers(status=200, headers=self.sink.base_headers(EVENT_STREAM) + STREAM_HEADERS)
+        if not self.sink.response_started:  # else a queue's heartbeats began the stream (inference/pool_wait.py)
+            await self.sink.send_headers(status=200, headers=self.sink.base_headers(EVENT_STREAM) + STREAM_HEADERS)
         held, self.held = self.held, []
         for piece in held:
             await self._send(piece)

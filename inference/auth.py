@@ -48,6 +48,8 @@ class Principal:
     name: str
     prefix: str
     scopes: frozenset[str] = frozenset({"inference"})
+    weight: float = 1.0  # share of a busy serve's slot-time (docs/pool.md: fairness)
+    max_queued: int | None = None  # its requests waiting at once, across serves
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,10 @@ def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
 
 def _load_active_keys() -> dict[str, _CachedKey]:
     return {
-        row.prefix: _CachedKey(Principal(row.pk, row.name, row.prefix, frozenset(row.scopes or ())), row.secret_hash)
+        row.prefix: _CachedKey(Principal(row.pk, row.name, row.prefix, frozenset(row.scopes or ()),
+                                         weight=row.weight, max_queued=row.max_queued), row.secret_hash)
         for row in ApiKey.objects.filter(revoked_at__isnull=True).only("pk", "name", "prefix", "secret_hash",
-                                                                        "scopes")
+                                                                        "scopes", "weight", "max_queued")
     }
 
 

@@ -68,7 +68,10 @@ class Exchange:
 
     @property
     def client_model(self) -> str:
-        return str(self.body.get("model") or self.serve.name)
+        """The ``model`` a translated answer carries: the model that answered (its public id), never the name the
+        client asked for (``auto``, a preset, or a model that a fallback_to model answered for). A passthrough
+        answer keeps the engine's own id."""
+        return self.serve.model
 
     def upstream_request(self) -> UpstreamRequest:
         url = self.serve.base_url + UPSTREAM_PATHS[(self.upstream_wire, self.endpoint)]

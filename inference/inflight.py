@@ -26,11 +26,12 @@ from contextlib import asynccontextmanager
 import redis.asyncio
 from django.conf import settings
 
-from serves.drain_counts import FLUSH_SECONDS, HEARTBEAT_SECONDS, STALE_SECONDS, inflight_key
+from serves.drain_counts import FLUSH_SECONDS, HEARTBEAT_SECONDS, STALE_SECONDS, inflight_key, live_total
 
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 1.0
+LOADS_REFRESH_SECONDS = 0.1  # how stale the other processes' counts may be when balancing replicas
 
 
 class InFlight:
@@ -41,6 +42,10 @@ class InFlight:
         self.flusher: asyncio.Task[None] | None = None
         # One field per process and event loop: a restarted process never inherits a dead one's count.
         self.field = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        # The other web processes' counts of the serves that have replicas, read in the background.
+        self.others: dict[str, int] = {}
+        self.others_read_at = float("-inf")
+        self.others_task: asyncio.Task[None] | None = None
 
     def _redis(self) -> redis.asyncio.Redis:
         if self.client is None:
@@ -87,6 +92,31 @@ class InFlight:
             if not self.counts.get(serve):
                 self.counts.pop(serve, None)
         return True
+
+    def loads(self, serves: tuple[str, ...]) -> dict[str, int]:
+        """Requests in flight at each of ``serves`` across the web processes: this process's count now,
+        the others' as read at most ``LOADS_REFRESH_SECONDS`` ago (in the background, never on the
+        request's time). For balancing a model's replicas by load."""
+        if not serves:
+            return {}
+        now = time.monotonic()
+        if now - self.others_read_at >= LOADS_REFRESH_SECONDS and (self.others_task is None or self.others_task.done()):
+            self.others_read_at = now
+            self.others_task = asyncio.get_running_loop().create_task(self._read_others(serves))
+        return {serve: self.counts.get(serve, 0) + self.others.get(serve, 0) for serve in serves}
+
+    async def _read_others(self, serves: tuple[str, ...]) -> None:
+        try:
+            async with self._redis().pipeline(transaction=False) as pipe:
+                for serve in serves:
+                    pipe.hgetall(inflight_key(serve))
+                rows = await pipe.execute()
+        except Exception:
+            log.debug("could not read the other processes' requests in flight", exc_info=True)
+            return
+        now, mine = time.time(), self.field.encode()
+        self.others = {serve: live_total({f: v for f, v in fields.items() if f != mine}, now)
+                       for serve, fields in zip(serves, rows, strict=True)}
 
     @asynccontextmanager
     async def holding(self, serve: str) -> AsyncIterator[None]:

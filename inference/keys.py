@@ -67,8 +67,10 @@ def assign_new_secret(key: ApiKey) -> str:
     return secret
 
 
-def create_key(name: str, scopes: list[str] | None = None) -> MintedKey:
-    """Mint a key named ``name`` (``scopes``: default inference); the returned secret is the only copy."""
+def create_key(name: str, scopes: list[str] | None = None, *, weight: float = 1.0,
+               max_queued: int | None = None) -> MintedKey:
+    """Mint a key named ``name`` (``scopes``: default inference; ``weight``, ``max_queued``: its fair share
+    in the serves' queues); the returned secret is the only copy."""
     if ApiKey.objects.filter(name=name).exists():
         raise KeyNameTaken(f"An API key named {name!r} already exists.")
     chosen = sorted(set(scopes)) if scopes else default_scopes()
@@ -76,7 +78,7 @@ def create_key(name: str, scopes: list[str] | None = None) -> MintedKey:
     if unknown:
         raise ApiKeyError(f"Unknown scope {', '.join(unknown)}; the scopes are {', '.join(Scope.values)}.")
     for _attempt in range(5):
-        key = ApiKey(name=name, scopes=chosen)
+        key = ApiKey(name=name, scopes=chosen, weight=weight, max_queued=max_queued)
         secret = assign_new_secret(key)
         try:
             with transaction.atomic():

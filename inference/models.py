@@ -41,12 +41,22 @@ class ApiKey(models.Model):
     scopes = models.JSONField(default=default_scopes, validators=[validate_scopes],
                               help_text="What the key may do: inference (the default), admin, evals.")
 
+    # Fairness in the serves' queues (docs/pool.md): a key with weight 2 gets twice the slot-time of a key
+    # with weight 1 when both wait; max_queued caps its requests waiting at once (blank: no cap of its own).
+    weight = models.FloatField(default=1.0, help_text="Share of a busy serve's slot-time, against other keys.")
+    max_queued = models.PositiveIntegerField(null=True, blank=True,
+                                             help_text="Requests of this key that may wait at once; more get a 429.")
+
     class Meta:
         ordering = ["name"]
         verbose_name = "API key"
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+    def clean(self) -> None:
+        if not self.weight > 0 or self.weight > 1000:
+            raise ValidationError({"weight": "weight is a positive number, at most 1000."})
 
     @property
     def is_revoked(self) -> bool:

@@ -32,15 +32,16 @@ from inference.errors import (
 )
 from inference.exchange import Exchange
 from inference.inflight import in_flight
+from inference.pool_wait import Reach, reaching
 from inference.wire import Dialect, DialectError
 from routing import web_state
 from routing.breaker import SKIP
-from routing.decide import Decision, decide
+from routing.decide import AUTO_MODELS, PRESETS, Decision, decide
 from routing.decision_log import DECISION_LOG
 from routing.policy import Candidate
 from routing.profile import VERIFY
 from serves import model_states
-from serves.catalog import current_serves
+from serves.catalog import ServeView, current_serves
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
 PROFILE_PAGE = "/console/evals/profile/"
@@ -107,10 +108,23 @@ class RelayRequest:
     started: float = field(default_factory=time.perf_counter)
 
 
+def _loads(body: dict[str, Any], serves: tuple[ServeView, ...]) -> dict[str, int] | None:
+    """Requests in flight at the serves that have replicas, when the request names a model (to balance them)."""
+    model = body.get("model")
+    if not isinstance(model, str) or model in AUTO_MODELS or model in PRESETS:
+        return None
+    seen: dict[str, list[str]] = {}
+    for serve in serves:
+        seen.setdefault(serve.model, []).append(serve.name)
+    replicated = tuple(name for names in seen.values() if len(names) > 1 for name in names)
+    return in_flight().loads(replicated) if replicated else None
+
+
 async def make_decision(body: dict[str, Any], dialects: frozenset[str]) -> Decision:
     serves = await current_serves()
     profile, rules = await web_state.PROFILE.get(), await web_state.RULES.get()
-    decision = decide(body, serves, profile, rules, web_state.policy_config(), dialects=dialects)
+    decision = decide(body, serves, profile, rules, web_state.policy_config(), dialects=dialects,
+                      loads=_loads(body, serves))
     if decision.unknown_model:  # perhaps a serve added a moment ago: look again before a 404
         serves = await current_serves(force=True)
         decision = decide(body, serves, profile, rules, web_state.policy_config(), dialects=dialects)
@@ -234,6 +248,7 @@ async def _attempts(sink: ResponseSink, request: RelayRequest, decision: Decisio
     budget = settings.ANVIL_ATTEMPT_BUDGET
     last: AttemptOutcome | None = None
     failures: list[str] = []
+    queue_refusal: FrontDoorError | None = None
     tried = 0
     for candidate in decision.candidates:
         serve = candidate.serve
@@ -258,15 +273,22 @@ async def _attempts(sink: ResponseSink, request: RelayRequest, decision: Decisio
         # a sampled attempt keeps its answer's text, handed to the judge's queue after the client has it.
         sampled = await calibration.draw(serve.name, decision.work_class)
         outcome = AttemptOutcome(serve.name)
+        reach = Reach()
         try:
-            async with in_flight().holding(serve.name):  # what an unload of this serve drains
+            async with reaching(serve, sink, request.principal, stream=exchange.stream, reach=reach):
+                outcome.started = time.perf_counter()  # the attempt's time, not the queue's
                 await run_attempt(sink, exchange, upstream, rule=rule, verify_whole=verify_whole,
                                   keep_answer=sampled, out=outcome)
         except asyncio.CancelledError:
             record.client_left(outcome, request.started)
             raise
+        except FrontDoorError as not_reached:  # its queue would not take it, or its load failed: try the next
+            attempts.append({"serve": serve.name, "outcome": not_reached.code, **reach.as_log()})
+            failures.append(not_reached.message)
+            queue_refusal = not_reached
+            continue
         await web_state.breaker_record(serve.name, not outcome.upstream_failed)
-        entry = outcome.as_log()
+        entry = {**outcome.as_log(), **reach.as_log()}
         entry["commit"] = rule.value if exchange.stream else ("verify" if verify_whole else "off")
         attempts.append(entry)
         if outcome.committed:
@@ -277,11 +299,31 @@ async def _attempts(sink: ResponseSink, request: RelayRequest, decision: Decisio
         failures.append(outcome.error.message if outcome.error else
                         f"Serve {serve.name}'s answer failed verification ({', '.join(outcome.labels)})")
     sink.tags.pop(b"x-anvil-served-by", None)
+    if queue_refusal is not None and (last is None or attempts[-1]["outcome"] == queue_refusal.code):
+        queue_refusal.message = "; then ".join(failures)
+        raise queue_refusal
     if last is not None and last.error is not None:
         last.error.message = "; then ".join(failures)  # every attempt, in order, in one message
+        if decision.named and all(a.get("outcome") in SERVE_DOWN for a in attempts):
+            raise model_unavailable(decision, last.error.message)
         raise last.error
     if last is not None:
         raise UpstreamFailed(f"No serve produced an answer that passed verification "
                              f"({', '.join(last.labels)}); attempts: "
                              + ", ".join(f"{a['serve']}: {a['outcome']}" for a in attempts))
-    raise refusal(decision, "", circuits_open=tuple(a["serve"] for a in attempts if a["outcome"] == "skipped-circuit"))
+    refused = refusal(decision, "", circuits_open=tuple(a["serve"] for a in attempts
+                                                        if a["outcome"] == "skipped-circuit"))
+    if decision.named:
+        refused.code = "model_unavailable"
+    raise refused
+
+
+# Outcomes that mean the serve is not there (a timeout stays a 504: it is there, and slow).
+SERVE_DOWN = frozenset({"unreachable", "skipped-circuit", "budget-stop"})
+
+
+def model_unavailable(decision: Decision, why: str) -> Unavailable:
+    """A named model none of whose serves could answer: 503, never another model's answer in its place."""
+    return Unavailable(f"The model {decision.requested_model!r} is unavailable: {why.rstrip('.')}. No other model "
+                       "answers in its place (a serve's fallback_to names the models that may).",
+                       code="model_unavailable", headers=[(b"retry-after", b"5")])

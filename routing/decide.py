@@ -7,18 +7,20 @@ do it says in ``notes``, with flags the caller turns into a status (unknown mode
 ``model`` resolves as:
   ``auto`` / ``anvil/auto`` / empty  -> classify, route
   ``anvil/<preset>``                  -> the preset's work class, route
-  a serve name (or served model name) -> classify, route with the serve pinned
+  a model (alias, serve name, served model) -> classify, route over that model's serves only
+                                       (its replicas, then its fallback_to models: routing/model_names.py)
   a tier name                          -> classify, route with the tier pinned
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from routing.classifier import Classification, RequestSummary, Rule, classify
+from routing.model_names import NamedModel, replicas_of, resolve
 from routing.policy import Candidate, PolicyConfig, PolicyInput, route, tier_rank
 from routing.profile import Profile
 from serves.catalog import ServeView
@@ -56,6 +58,7 @@ class Decision:
     # Another model never answers in its place.
     not_loaded: str = ""
     not_loaded_error: str = ""
+    named: bool = False  # the client named a model: only it (and its fallback_to models) may answer
 
     def explain(self) -> dict[str, Any]:
         return {
@@ -69,6 +72,7 @@ class Decision:
             "notes": list(self.notes),
             "modality_unsupported": self.modality_unsupported,
             "not_loaded": self.not_loaded or None,
+            "named_model": self.named,
         }
 
 
@@ -132,40 +136,67 @@ def summarize(body: dict[str, Any]) -> RequestSummary:
 
 
 def decide(body: dict[str, Any], serves: tuple[ServeView, ...], profile: Profile, rules: tuple[Rule, ...],
-           config: PolicyConfig, *, dialects: frozenset[str] = frozenset({"openai", "anthropic"})) -> Decision:
+           config: PolicyConfig, *, dialects: frozenset[str] = frozenset({"openai", "anthropic"}),
+           loads: Mapping[str, int] | None = None) -> Decision:
+    """``loads``: requests in flight per serve (across web processes), to balance a model's replicas."""
     model = str(body.get("model") or "").strip()
     able = tuple(serve for serve in serves if serve.dialect in dialects)
     summary = summarize(body)
-    pinned_serve = pinned_tier = None
-    notes: list[str] = []
+    pinned_tier = None
+    named: NamedModel | None = None
     if model in PRESETS:
         classification = Classification(PRESETS[model], True, (f"preset {model}",))
         if model == "anvil/chat-fast" and config.tier_order:
             pinned_tier = config.tier_order[0]  # chat on the cheapest tier first
     else:
         if model not in AUTO_MODELS:
-            serve = next((s for s in serves if model in (s.name, s.served_model)), None)
-            if serve is not None and not serve.loaded:
-                return Decision(serve.name, "", True, (), ((serve.name, f"not loaded ({serve.model_state})"),),
-                                (f"serve {serve.name} is {serve.model_state}",), not_loaded=serve.model_state,
-                                not_loaded_error=serve.load_error)
-            if serve is not None:
-                pinned_serve = serve.name
-                if serve.dialect not in dialects:
-                    notes.append(f"serve {serve.name} speaks {serve.dialect}, which cannot answer this endpoint")
-            elif any(s.tier == model for s in serves):
+            named = resolve(model, serves)
+            if named is None and any(s.tier == model for s in serves):
                 pinned_tier = model
-            else:
+            elif named is None:
                 return Decision(model, "", True, (), notes=(f"no enabled serve or tier is named {model!r}",),
                                 unknown_model=True)
         classification = classify(summary, rules)
+    if named is not None:
+        return _decide_named(named, able, summary, classification, profile, config, loads or {})
     request = PolicyInput(classification.work_class, classification.confident,
                           needed_tokens=summary.total_chars // CHARS_PER_TOKEN, needs_tools=summary.has_tools,
-                          needs_images=summary.has_images, pinned_serve=pinned_serve, pinned_tier=pinned_tier)
+                          needs_images=summary.has_images, pinned_tier=pinned_tier)
     result = route(able, profile, request, config)
     return Decision(model, classification.work_class, classification.confident, result.candidates, result.excluded,
-                    (*classification.notes, *notes, *result.notes), too_large=result.too_large,
+                    (*classification.notes, *result.notes), too_large=result.too_large,
                     modality_unsupported=result.modality_unsupported, denied=result.denied)
+
+
+def _decide_named(named: NamedModel, able: tuple[ServeView, ...], summary: RequestSummary,
+                  classification: Classification, profile: Profile, config: PolicyConfig,
+                  loads: Mapping[str, int]) -> Decision:
+    order = named.order
+    pool = tuple(serve for serve in able if serve.name in order)
+    notes = list(classification.notes)
+    speaking = {serve.name for serve in pool}
+    for serve in named.replicas:
+        if serve.name not in speaking:
+            notes.append(f"serve {serve.name} speaks {serve.dialect}, which cannot answer this endpoint")
+    request = PolicyInput(classification.work_class, True, needed_tokens=summary.total_chars // CHARS_PER_TOKEN,
+                          needs_tools=summary.has_tools, needs_images=summary.has_images, named=True)
+    result = route(pool, profile, request, config)
+    candidates = sorted(result.candidates, key=lambda c: (order[c.serve.name], not c.serve.loaded,
+                                                          loads.get(c.serve.name, 0), c.serve.name))
+    if len(named.replicas) > 1:
+        notes.append(f"model {named.model}: {len(named.replicas)} replicas, the least busy first")
+    if named.fallbacks:
+        notes.append(f"model {named.model} may fall back to {', '.join(s.name for s in named.fallbacks)}")
+    not_loaded = not_loaded_error = ""
+    if not candidates:
+        waiting = [s for s in named.replicas if not s.loaded and not s.on_demand]
+        waiting.sort(key=lambda s: s.model_state != "loading")  # "loading" says when to retry
+        if waiting and not result.too_large and not result.modality_unsupported and not result.denied:
+            not_loaded, not_loaded_error = waiting[0].model_state, waiting[0].load_error
+    return Decision(named.model, classification.work_class, classification.confident, tuple(candidates),
+                    result.excluded, (*notes, *result.notes), too_large=result.too_large,
+                    modality_unsupported=result.modality_unsupported, denied=result.denied,
+                    not_loaded=not_loaded, not_loaded_error=not_loaded_error, named=True)
 
 
 def decide_for_path(model: str | None, serves: tuple[ServeView, ...], why_not: Callable[[ServeView], str | None],
@@ -180,7 +211,7 @@ def decide_for_path(model: str | None, serves: tuple[ServeView, ...], why_not: C
     named = (model or "").strip()
     pool = serves
     if named and named not in AUTO_MODELS:
-        pool = tuple(s for s in serves if named in (s.name, s.served_model))
+        pool = replicas_of(named, serves)
         if not pool:
             return Decision(named, work_class, True, (), notes=(f"no enabled serve is named {named!r}",),
                             unknown_model=True)

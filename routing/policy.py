@@ -6,11 +6,13 @@
 2. the metered-cloud gate: metered tiers only for the work classes allowed to use them;
 3. the deny filter (fail-closed): a serve the profile denies is never a candidate, and
    ``denied`` says which cell denied it, so a refusal can say the profile caused it;
-4. only loaded serves answer (a serve loading, unloaded or failed is excluded, saying so); order
-   by tier cost;
+4. only loaded serves answer (a serve loading, unloaded or failed is excluded, saying so), except
+   one loaded on demand, which a request may wait for; order: resident first, then by tier cost;
 5. not confident -> the pool collapses to the safer (most capable) tier present;
-6. a pin (a serve or tier named as ``model``) is a preference: it goes first when it is
-   allowed; when it is not, the request goes to the gated pool with a note saying why.
+6. a pinned tier (a tier named as ``model``) is a preference: it goes first when it is allowed;
+   when it is not, the request goes to the gated pool with a note saying why.
+A request naming a model is routed over that model's serves only (``routing/model_names.py``): its
+``named`` input keeps the pool as given (no collapse: the client chose).
 Availability (open circuits, serves that are down) is judged per attempt, after this:
 it can skip a candidate but never add one the gate removed. Pure; never raises.
 """
@@ -37,8 +39,8 @@ class PolicyInput:
     confident: bool = True
     needed_tokens: int = 0
     needs_tools: bool = False
-    pinned_serve: str | None = None
     pinned_tier: str | None = None
+    named: bool = False  # the serves are one model's (and its fallbacks): never collapse them
     needs_images: bool = False
 
 
@@ -81,7 +83,7 @@ def route(serves: tuple[ServeView, ...], profile: Profile, request: PolicyInput,
             excluded.append((serve.name, f"context: needs ~{needed} tokens, limit {limit}"))
             continue
         fits_context += 1
-        if not serve.loaded:  # traffic goes only to a loaded serve (serves/loading.py moves the states)
+        if not serve.loaded and not serve.on_demand:  # traffic goes only to a loaded serve (serves/loading.py)
             excluded.append((serve.name, f"not loaded ({serve.model_state})"))
             continue
         if request.needs_images and not serve.takes_images:
@@ -98,29 +100,24 @@ def route(serves: tuple[ServeView, ...], profile: Profile, request: PolicyInput,
             excluded.append((serve.name, "; ".join(notes) or "denied"))
             denied.append((serve.name, profile.denial(serve, request.work_class)))
             continue
+        if not serve.loaded:  # on demand (the only way an unloaded serve gets here): say what choosing it costs
+            notes = (*notes, f"{serve.model_state}: a request loads it on demand and waits in its queue")
         candidates.append(Candidate(serve, verdict, notes, profile.measured(serve, request.work_class)))
     notes: list[str] = []
     if serves and not fits_context:
         return Route((), tuple(excluded), too_large=True, notes=("no serve's context fits this request",))
 
-    candidates.sort(key=lambda c: (tier_rank(c.serve.tier, config), c.serve.name))
+    # Resident first: a serve loaded on demand is waited for only when no loaded one may answer.
+    candidates.sort(key=lambda c: (not c.serve.loaded, tier_rank(c.serve.tier, config), c.serve.name))
 
-    pinned = [c for c in candidates if c.serve.name == request.pinned_serve] if request.pinned_serve else []
-    if not request.confident and candidates:
+    if not request.confident and candidates and not request.named:
         safest = max(tier_rank(c.serve.tier, config) for c in candidates)
         kept = [c for c in candidates if tier_rank(c.serve.tier, config) == safest]
         if len(kept) < len(candidates):
             notes.append(f"not confident: pool collapsed to tier {kept[0].serve.tier}")
         candidates = kept
 
-    if request.pinned_serve:
-        if pinned:  # an allowed pin survives the collapse: the caller chose it
-            candidates = pinned + [c for c in candidates if c.serve.name != request.pinned_serve]
-            notes.append(f"pinned to serve {request.pinned_serve}")
-        else:
-            why = dict(excluded).get(request.pinned_serve, "not in the pool")
-            notes.append(f"pin {request.pinned_serve} denied ({why}); routed to the gated pool")
-    elif request.pinned_tier:
+    if request.pinned_tier:
         first = [c for c in candidates if c.serve.tier == request.pinned_tier]
         if first:
             candidates = first + [c for c in candidates if c.serve.tier != request.pinned_tier]

@@ -42,10 +42,27 @@ class ServeView:
     model_state: str = "loaded"
     load_error: str = ""
     state_changed_at: float = 0.0  # epoch seconds; the newer of this and the Redis mirror's wins
+    # The pool: the id clients send (replicas share it), who may answer in its place, and its queue.
+    public_model: str = ""
+    fallback_to: tuple[str, ...] = ()
+    on_demand: bool = False
+    target_inflight: int | None = None
+    max_queue: int = 100
+    queue_timeout: float = 120.0
 
     @property
     def takes_images(self) -> bool:
         return "image" in self.modalities
+
+    @property
+    def model(self) -> str:
+        """The model id clients send and see in answers (replicas share it)."""
+        return self.public_model or self.name
+
+    @property
+    def queued(self) -> bool:
+        """Whether requests for it go through its queue (a limit, or a load to wait for)."""
+        return self.target_inflight is not None or self.on_demand
 
     @property
     def loaded(self) -> bool:
@@ -68,6 +85,8 @@ def _view(serve: Serve) -> ServeView:
         responses_api=serve.responses_api, stream_verify=serve.stream_verify,
         runtime=serve.run_by.value, model_state=serve.current_model_state, load_error=serve.load_error,
         state_changed_at=serve.state_changed_at.timestamp() if serve.state_changed_at else 0.0,
+        public_model=serve.public_model, fallback_to=tuple(serve.fallback_to or ()), on_demand=serve.on_demand,
+        target_inflight=serve.target_inflight, max_queue=serve.max_queue, queue_timeout=float(serve.queue_timeout),
     )
 
 

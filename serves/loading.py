@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 from django.utils import timezone
 
-from serves import model_states
+from serves import model_states, pool_stats
 from serves.claims import OperationResult, claim, release
 from serves.drain_counts import FLUSH_SECONDS, in_flight
 from serves.models import LoadError, ModelState, Runtime, Serve, ServeEvent
@@ -170,9 +170,14 @@ def do_load(serve_id: int, overrides: dict[str, Any] | None, requested_by: str,
     if token is None:
         return OperationResult(serve.name, "load", Outcome.BUSY, "another operation holds this serve", [],
                                serve.model_state, serve.model_state)
+    began = time.monotonic()
     try:
         serve.refresh_from_db()
-        return _load(serve, overrides, requested_by, progress)
+        result = _load(serve, overrides, requested_by, progress)
+        if result.outcome in (Outcome.OK, Outcome.FAILED):
+            pool_stats.record("load", serve.name, "ok" if result.outcome == Outcome.OK else "failed",
+                              time.monotonic() - began)
+        return result
     finally:
         release(serve_id, token)
 
@@ -268,6 +273,8 @@ def do_unload(serve_id: int, requested_by: str) -> OperationResult:
         while in_flight(serve.name) > 0 and time.monotonic() < deadline:
             time.sleep(0.1)
         left = in_flight(serve.name)
+        drained = time.monotonic() - (deadline - serve.drain_timeout)
+        pool_stats.record("drain", serve.name, "timeout" if left else "ok", drained)
         detail = runtime.stop(serve)
         if left:
             detail += f" ({left} requests still in flight after drain_timeout {serve.drain_timeout} s)"

@@ -90,6 +90,13 @@ MODEL_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     "drain_timeout": ("drain_timeout", (int,)),
     "load_constraints": ("load_constraints", (dict,)),
     "vram_gb": ("vram_gb", (int, float)),
+    "alias": ("alias", (str,)),
+    "fallback_to": ("fallback_to", (list,)),
+    "on_demand": ("on_demand", (bool,)),
+    "ttl": ("ttl", (int,)),
+    "target_inflight": ("target_inflight", (int,)),
+    "max_queue": ("max_queue", (int,)),
+    "queue_timeout": ("queue_timeout", (int,)),
 }
 KNOWN_KEYS = {**SEED_KEYS, **MODEL_KEYS, "up": ("", (str,))}
 REQUIRED_KEYS = ("name", "model")
@@ -104,6 +111,8 @@ MANAGED_DEFAULTS: dict[str, Any] = {
     "responses_api": False, "stream_verify": StreamVerify.PROFILE,
     "runtime": "", "preset": Preset.CUSTOM, "preset_args": {}, "command": [], "env": {}, "cwd": "", "library_path": "",
     "ready_timeout": 600, "stop_timeout": 30, "drain_timeout": 30, "load_constraints": {}, "vram_gb": None,
+    "alias": "", "fallback_to": [], "on_demand": False, "ttl": None, "target_inflight": None, "max_queue": 100,
+    "queue_timeout": 120,
 }
 DIALECT_OF_ENGINE = {Engine.ANTHROPIC: Dialect.ANTHROPIC}
 
@@ -264,7 +273,8 @@ EXPORT_ORDER = ["name", "tier", "engine", "dialect", "container", "port", "base_
                 "engine_args", "supports_tools", "modalities", "thinking", "embeddings", "responses_api",
                 "stream_verify", "api_key_env", "queue", "enabled", "trusted_command", "runtime", "preset",
                 "preset_args", "command", "env", "cwd", "library_path", "ready_timeout", "stop_timeout",
-                "drain_timeout", "load_constraints", "vram_gb"]
+                "drain_timeout", "load_constraints", "vram_gb", "alias", "fallback_to", "on_demand", "ttl",
+                "target_inflight", "max_queue", "queue_timeout"]
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 

@@ -21,6 +21,8 @@ import redis
 import redis.asyncio
 from django.conf import settings
 
+from serves.queue_keys import granted_channel, open_key
+
 log = logging.getLogger(__name__)
 
 CHECK_SECONDS = 0.5
@@ -50,6 +52,11 @@ def publish(serve: str, state: str, error_code: str = "", detail: str = "", at: 
             pipe.hset(states, serve, json.dumps({"state": state, "error_code": error_code, "detail": detail[:300],
                                                  "at": time.time() if at is None else at}))
             pipe.incr(version)
+            if state == "loaded":
+                pipe.set(open_key(serve), "1")
+                pipe.publish(granted_channel(), f"{serve} *")  # its waiters look now, not at their next tick
+            else:
+                pipe.delete(open_key(serve))
             pipe.execute()
     except redis.RedisError:
         # The database has the state; the web processes' catalogs catch up from it.
@@ -65,8 +72,28 @@ def forget(serve: str) -> None:
     try:
         client.hdel(states, serve)
         client.incr(version)
+        client.delete(open_key(serve))
     except redis.RedisError:
         log.warning("could not forget %s's mirrored state", serve, exc_info=True)
+    finally:
+        client.close()
+
+
+def reassert_open(loaded: list[str]) -> None:
+    """Set the queues' open flags of the serves the database says are loaded (the watch, every few seconds):
+    a Redis that restarted must not leave a loaded serve's queue shut. Never clears one: every other
+    state's transition does that as it happens, and a clear here could race a load that just ended."""
+    if not loaded:
+        return
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=settings.ANVIL_REDIS_TIMEOUT,
+                                  socket_connect_timeout=settings.ANVIL_REDIS_TIMEOUT)
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            for serve in loaded:
+                pipe.set(open_key(serve), "1")
+            pipe.execute()
+    except redis.RedisError:
+        log.debug("could not rewrite the queues' open flags", exc_info=True)
     finally:
         client.close()
 

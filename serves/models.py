@@ -209,6 +209,24 @@ class Serve(models.Model):
     vram_measured_gb = models.FloatField(null=True, blank=True, editable=False,
                                          help_text="GPU memory that appeared while it last loaded (GB).")
 
+    # The pool (docs/pool.md): what a model name means, and how requests wait for a serve.
+    alias = models.CharField(max_length=200, blank=True,
+                             help_text="The model id clients send. Serves sharing one are replicas; blank: the name.")
+    fallback_to = models.JSONField(default=list, blank=True,
+                                   help_text='Models that may answer a request naming this one when none of its '
+                                   'replicas can, in order, e.g. ["small-chat"]. Empty: none may.')
+    on_demand = models.BooleanField(default=False,
+                                    help_text="A request for it while it is unloaded loads it and waits.")
+    ttl = models.PositiveIntegerField(null=True, blank=True,
+                                      help_text="Seconds idle since its last request before it is unloaded "
+                                      "(blank: stays loaded).")
+    target_inflight = models.PositiveIntegerField(null=True, blank=True,
+                                                  help_text="At most this many requests at once; the rest wait "
+                                                  "in its queue (blank: no limit, no queue).")
+    max_queue = models.PositiveIntegerField(default=100, help_text="Requests that may wait for it; more get a 429.")
+    queue_timeout = models.PositiveIntegerField(default=120,
+                                                help_text="Seconds a request may wait for it (a load included).")
+
     # Where the model is (model state), written by loads, unloads and the process watch.
     model_state = models.CharField(max_length=16, choices=ModelState.choices, default=ModelState.UNLOADED,
                                    editable=False)  # only loads, unloads and the watch move it (serves/loading.py)
@@ -301,6 +319,11 @@ class Serve(models.Model):
     def in_group(self, group: str) -> bool:
         return group in (self.groups or [])
 
+    @property
+    def public_model(self) -> str:
+        """The model id clients send for this serve (its replicas share it)."""
+        return self.alias or self.name
+
     def clean(self) -> None:
         errors: dict[str, str] = {}
         if self.run_by == Runtime.REMOTE and not self.base_url:
@@ -329,6 +352,16 @@ class Serve(models.Model):
             errors["extra_body"] = "extra_body is a JSON object."
         if not isinstance(self.engine_args, list) or not all(isinstance(a, str) for a in self.engine_args):
             errors["engine_args"] = "engine_args is a list of strings."
+        if not isinstance(self.fallback_to, list) or not all(isinstance(m, str) and m for m in self.fallback_to):
+            errors["fallback_to"] = "fallback_to is a list of model names (aliases or serve names)."
+        elif self.public_model in self.fallback_to:
+            errors["fallback_to"] = f"fallback_to names {self.public_model!r}, this serve's own model."
+        if self.ttl is not None and self.ttl < 1:
+            errors["ttl"] = "ttl is at least 1 second (blank: stays loaded)."
+        if self.target_inflight == 0:
+            errors["target_inflight"] = "target_inflight is at least 1 (blank: no limit)."
+        if self.on_demand and self.run_by == Runtime.REMOTE:
+            errors["on_demand"] = "Only a serve Anvil runs (process or compose) can be loaded on demand."
         modalities_problem = _modalities_problem(self.modalities)
         if modalities_problem:
             errors["modalities"] = modalities_problem

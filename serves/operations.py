@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import redis
+from django.conf import settings
 from django.db import transaction
 
 from anvil_site.task_queue import QueueUnavailable
@@ -20,6 +22,7 @@ from serves.drain_counts import in_flight
 from serves.loading import InvalidLoadRequest, check_overrides, transition
 from serves.models import ModelState, Runtime, Serve, ServeEvent
 from serves.probes import gpus
+from serves.queue_keys import occupancy
 from serves.tasks import enqueue, enqueue_load
 
 VRAM_DEFINITION = ("GB of GPU memory the serve holds: the delta nvidia-smi showed while it last loaded, else "
@@ -54,15 +57,23 @@ def vram_estimate(serve: Serve) -> float | None:
     return serve.vram_measured_gb if serve.vram_measured_gb is not None else serve.vram_gb
 
 
-def describe(serve: Serve, inflight: int | None = None) -> dict[str, Any]:
-    """One serve as the admin API shows it."""
+def describe(serve: Serve, inflight: int | None = None, queue: tuple[int, int, float | None] | None = None
+             ) -> dict[str, Any]:
+    """One serve as the admin API shows it (``queue``: waiting, holding slots, last request, from its queue)."""
+    if queue is None:
+        queue = _occupancy([serve.name]).get(serve.name, (0, 0, None))
+    waiting, holding, last = queue
     return {
         "id": serve.name, "state": serve.current_model_state, "runtime": serve.run_by.value,
         "engine": serve.engine, "tier": serve.tier, "served_model": serve.served_model, "enabled": serve.enabled,
         "capabilities": {"modalities": list(serve.modalities or ["text"]), "tools": serve.supports_tools,
                          "thinking": serve.thinking or None, "embeddings": serve.embeddings,
                          "responses_api": serve.responses_api, "context_limit": serve.effective_context_limit},
-        "queue_depth": 0, "in_flight": in_flight(serve.name) if inflight is None else inflight,
+        "model": serve.public_model, "fallback_to": list(serve.fallback_to or []), "on_demand": serve.on_demand,
+        "ttl": serve.ttl, "target_inflight": serve.target_inflight, "max_queue": serve.max_queue,
+        "queue_timeout": serve.queue_timeout, "queue_depth": waiting, "slots_held": holding,
+        "last_request_at": last,
+        "in_flight": in_flight(serve.name) if inflight is None else inflight,
         "load_constraints": serve.load_constraints or {}, "live_overrides": serve.live_overrides or {},
         "last_error": {"code": serve.load_error, "message": serve.last_error[-2000:]} if serve.load_error else None,
         "state_changed_at": serve.state_changed_at.isoformat() if serve.state_changed_at else None,
@@ -71,7 +82,21 @@ def describe(serve: Serve, inflight: int | None = None) -> dict[str, Any]:
 
 
 def models_report() -> list[dict[str, Any]]:
-    return [describe(serve) for serve in Serve.objects.order_by("tier", "name")]
+    serves = list(Serve.objects.order_by("tier", "name"))
+    queues = _occupancy([serve.name for serve in serves])
+    return [describe(serve, queue=queues.get(serve.name, (0, 0, None))) for serve in serves]
+
+
+def _occupancy(names: list[str]) -> dict[str, tuple[int, int, float | None]]:
+    """Each serve's queue as Redis has it; empty when Redis cannot say (the report still answers)."""
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=settings.ANVIL_REDIS_TIMEOUT,
+                                  socket_connect_timeout=settings.ANVIL_REDIS_TIMEOUT)
+    try:
+        return occupancy(client, names)
+    except redis.RedisError:
+        return {}
+    finally:
+        client.close()
 
 
 def request_load(name: str, overrides: Any, requested_by: str) -> Requested:

@@ -60,8 +60,12 @@ def serve_unload(serve_id: int, requested_by: str) -> dict[str, object]:
 
 @shared_task(name="serves.watch", time_limit=60, soft_time_limit=50)
 def watch_serves() -> int:
-    """Every few seconds under beat: a loaded serve whose process died is failed with its log's tail."""
-    return watch()
+    """Every few seconds under beat: a loaded serve whose process died is failed with its log's tail; a serve
+    idle past its ttl is unloaded."""
+    from serves.idle import unload_idle  # serves.operations imports this module: import at call time
+
+    noticed = watch()
+    return noticed + len(unload_idle())
 
 
 _TASKS = {"up": serve_up, "down": serve_down, "status": serve_status, "unload": serve_unload}

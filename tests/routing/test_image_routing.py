@@ -3,6 +3,7 @@ the front door turns into a 400 modality_unsupported."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -91,11 +92,14 @@ def test_images_no_serve_takes_are_modality_unsupported_naming_each_serve() -> N
     assert decision.explain()["modality_unsupported"] is True
 
 
-def test_a_pin_to_a_text_only_serve_sends_images_to_one_that_takes_them() -> None:
+def test_images_to_a_named_text_only_model_go_to_its_fallback_that_takes_them_or_nowhere() -> None:
     serves = (serve("text-only"), serve("vision", tier="heavy", modalities=("text", "image")))
     decision = decide({**ANTHROPIC_IMAGE, "model": "text-only"}, serves, ALLOW_CHAT, (), CONFIG)
+    assert not decision.candidates and decision.modality_unsupported  # a 400: no other model in its place
+    allowed = (replace(serves[0], fallback_to=("vision",)), serves[1])
+    decision = decide({**ANTHROPIC_IMAGE, "model": "text-only"}, allowed, ALLOW_CHAT, (), CONFIG)
     assert [c.serve.name for c in decision.candidates] == ["vision"]
-    assert any("pin text-only denied (images" in note for note in decision.notes)
+    assert dict(decision.excluded)["text-only"].startswith("images: the serve takes text only")
 
 
 def test_an_image_serve_that_is_denied_is_no_candidate_but_not_a_modality_refusal() -> None:

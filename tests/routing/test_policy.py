@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -55,11 +57,20 @@ def test_nothing_fits_the_context_is_too_large() -> None:
     assert result.too_large and not result.candidates
 
 
-def test_a_denied_pin_goes_to_the_gated_pool_with_a_note() -> None:
+def test_a_denied_tier_pin_goes_to_the_gated_pool_with_a_note() -> None:
     serves = (serve("fast-1"), serve("claude", tier="cloud", local=False))
-    result = route(serves, Profile(), PolicyInput("chat", pinned_serve="claude"), CONFIG)
+    result = route(serves, Profile(), PolicyInput("chat", pinned_tier="cloud"), CONFIG)
     assert [c.serve.name for c in result.candidates] == ["fast-1"]
-    assert any("pin claude denied" in note for note in result.notes)
+    assert any("pin to tier cloud denied" in note for note in result.notes)
+
+
+def test_a_serve_loaded_on_demand_is_a_candidate_after_every_resident_one() -> None:
+    cold = replace(serve("fast-cold", model_state="unloaded"), on_demand=True)
+    serves = (cold, serve("heavy-1", tier="heavy"), serve("fast-off", model_state="unloaded"))
+    profile = Profile(tiers={("fast", "chat"): Cell("allow"), ("heavy", "chat"): Cell("allow")})
+    result = route(serves, profile, PolicyInput("chat"), CONFIG)
+    assert [c.serve.name for c in result.candidates] == ["heavy-1", "fast-cold"]
+    assert dict(result.excluded) == {"fast-off": "not loaded (unloaded)"}
 
 
 def test_a_stale_allow_acts_as_allow_with_verify() -> None:
@@ -86,7 +97,7 @@ def worlds(draw):  # type: ignore[no-untyped-def]
             if draw(st.booleans()):
                 cells[(s.name, work_class)] = Cell(draw(verdicts), fingerprint=draw(st.sampled_from(["f", "old"])))
     request = PolicyInput(draw(st.sampled_from(WORK_CLASSES)), draw(st.booleans()), draw(st.integers(0, 12_000)),
-                          draw(st.booleans()), draw(st.none() | st.sampled_from(names or ["x"])))
+                          draw(st.booleans()), draw(st.none() | tiers))
     return serves, Profile(serves=cells), request
 
 
@@ -116,13 +127,10 @@ def test_never_empty_while_an_allowed_serve_that_fits_exists(world) -> None:  # 
 
 @settings(max_examples=300, deadline=None)
 @given(worlds())
-def test_an_allowed_pin_comes_first(world) -> None:  # type: ignore[no-untyped-def]
+def test_an_allowed_tier_pin_comes_first(world) -> None:  # type: ignore[no-untyped-def]
     serves, profile, request = world
     result = route(serves, profile, request, CONFIG)
-    allowed_names = {c.serve.name for c in route(serves, profile,
-                                                 PolicyInput(request.work_class, True, request.needed_tokens,
-                                                             request.needs_tools), CONFIG).candidates}
-    if request.pinned_serve in allowed_names:
-        assert result.candidates[0].serve.name == request.pinned_serve
-    elif request.pinned_serve is not None:
-        assert request.pinned_serve not in {c.serve.name for c in result.candidates}
+    if request.pinned_tier and any(c.serve.tier == request.pinned_tier for c in result.candidates):
+        assert result.candidates[0].serve.tier == request.pinned_tier
+    unpinned = route(serves, profile, replace(request, pinned_tier=None), CONFIG)
+    assert sorted(c.serve.name for c in result.candidates) == sorted(c.serve.name for c in unpinned.candidates)

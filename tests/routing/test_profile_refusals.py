@@ -52,9 +52,9 @@ def test_a_tier_cell_and_the_fail_closed_default_are_named_as_the_profiles_doing
 
 
 def test_breakers_open_on_the_rest_of_the_pool_still_name_the_denied_cell() -> None:
-    decision = decide({"model": "only", **CHAT}, (serve("only"), serve("spare", tier="heavy")), DENIED, (),
+    decision = decide({"model": "auto", **CHAT}, (serve("only"), serve("spare", tier="heavy")), DENIED, (),
                       PolicyConfig())
-    assert [c.serve.name for c in decision.candidates] == ["spare"]  # the pin was denied: the gated pool
+    assert [c.serve.name for c in decision.candidates] == ["spare"]  # the denied serve is not a candidate
     error = refusal(decision, "", circuits_open=("spare",))
     assert error.message.startswith("Every candidate serve is unavailable (open circuit breakers: spare); retry "
                                     "shortly. Not tried: the quality profile denies serve only × chat (quality 0.00")
@@ -63,7 +63,7 @@ def test_breakers_open_on_the_rest_of_the_pool_still_name_the_denied_cell() -> N
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
-def test_through_the_front_door_a_denied_pin_with_a_dead_pool_says_both(anvil: str) -> None:
+def test_through_the_front_door_a_denied_serve_with_a_dead_pool_says_both(anvil: str) -> None:
     tag = uuid.uuid4().hex[:6]
     only, spare = f"only-{tag}", f"spare-{tag}"
     Serve.objects.create(name=only, tier="fast", base_url="http://127.0.0.1:9/v1", served_model="m")
@@ -72,13 +72,17 @@ def test_through_the_front_door_a_denied_pin_with_a_dead_pool_says_both(anvil: s
                                 quality=0.0, samples=1, source="evals: preflight run 3")
     key = create_key(f"k{tag}").secret
     until_routed(anvil, key, {spare: "allow-with-verify"})
-    body = {"model": only, "max_tokens": 4, **CHAT}
+    body = {"model": "auto", "max_tokens": 4, **CHAT}
 
-    def chat() -> httpx.Response:
-        return httpx.post(f"{anvil}/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, json=body,
-                          timeout=30)
+    def chat(model: str = "auto") -> httpx.Response:
+        return httpx.post(f"{anvil}/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                          json={**body, "model": model}, timeout=30)
 
     try:
+        # Naming the denied model: the profile's refusal, never the other serve's answer (or its failure).
+        named = chat(only)
+        assert named.status_code == 503 and named.json()["error"]["code"] == "profile_denied", named.text
+        assert spare not in named.json()["error"]["message"].split("Also excluded")[0]
         # The spare is down: each attempt fails until its breaker opens.
         wait_for(lambda: chat().status_code == 503, 30, "the spare's breaker to open")
         answer = chat()

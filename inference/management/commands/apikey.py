@@ -20,6 +20,10 @@ class Command(BaseCommand):
         create.add_argument("name")
         create.add_argument("--scope", action="append", choices=Scope.values, dest="scopes",
                             help="What the key may do (repeatable): inference (the default), admin, evals.")
+        create.add_argument("--weight", type=float, default=1.0,
+                            help="Its share of a busy serve's slot-time against other keys (default 1).")
+        create.add_argument("--max-queued", type=int, default=None,
+                            help="Its requests that may wait in the serves' queues at once (default: no own cap).")
         sub.add_parser("list", help="List keys (prefixes only; secrets are never stored).")
         revoke = sub.add_parser("revoke", help="Revoke a key; it stops working within a second.")
         revoke.add_argument("name")
@@ -28,7 +32,7 @@ class Command(BaseCommand):
         action = options["action"]
         try:
             if action == "create":
-                self._create(options["name"], options["scopes"])
+                self._create(options["name"], options["scopes"], options["weight"], options["max_queued"])
             elif action == "list":
                 self._list()
             else:
@@ -37,10 +41,14 @@ class Command(BaseCommand):
         except ApiKeyError as exc:
             raise CommandError(str(exc)) from None
 
-    def _create(self, name: str, scopes: list[str] | None) -> None:
+    def _create(self, name: str, scopes: list[str] | None, weight: float, max_queued: int | None) -> None:
         if slugify(name) != name:
             raise CommandError(f"Key names are slugs (letters, digits, - and _); try {slugify(name)!r}.")
-        minted = create_key(name, scopes)
+        if not 0 < weight <= 1000:
+            raise CommandError("--weight is a positive number, at most 1000.")
+        if max_queued is not None and max_queued < 1:
+            raise CommandError("--max-queued is at least 1.")
+        minted = create_key(name, scopes, weight=weight, max_queued=max_queued)
         self.stderr.write(
             f"Created API key {minted.key.name} ({minted.key.prefix}…, scopes {', '.join(minted.key.scopes)}). "
             "Copy the secret below now: Anvil keeps only its hash."
