@@ -78,9 +78,13 @@ class PoolCollector(Collector):
             load_seconds.add_metric([serve, outcome], count, seconds)
         for (serve, outcome), (count, seconds) in sorted(self.events.get("drain", {}).items()):
             drains.add_metric([serve, outcome], count, seconds)
-        yield loads
-        yield load_seconds
-        yield drains
+        swaps = CounterMetricFamily("anvil_swaps", "Loads that evicted another model to make room.", labels=["serve"])
+        swap_seconds = SummaryMetricFamily("anvil_swap_seconds", "Time from a swap's start (eviction, drain "
+                                           "included) to the new model ready.", labels=["serve"])
+        for (serve, _outcome), (count, seconds) in sorted(self.events.get("swap", {}).items()):
+            swaps.add_metric([serve], count)
+            swap_seconds.add_metric([serve], count, seconds)
+        yield from (loads, load_seconds, drains, swaps, swap_seconds)
 
 
 POOL = PoolCollector()

@@ -15,7 +15,7 @@ from django.utils.html import format_html
 from anvil_site.task_queue import QueueUnavailable
 from serves.drain_counts import in_flight
 from serves.loading import InvalidLoadRequest
-from serves.models import Health, Modality, ModelState, Runtime, Serve, ServeEvent, default_modalities
+from serves.models import Gpu, Health, Modality, ModelState, Runtime, Serve, ServeEvent, default_modalities
 from serves.operations import LoadConflict, request_load, request_unload
 from serves.runtimes import runtime_for
 from serves.tasks import enqueue
@@ -204,6 +204,11 @@ class ServeAdmin(admin.ModelAdmin):
             return HttpResponseRedirect(reverse("admin:serves_serve_change", args=[serve.pk]))
         self._enqueue(request, action, [serve])
         return HttpResponseRedirect(reverse("admin:serves_serve_change", args=[serve.pk]))
+
+
+@admin.register(Gpu)
+class GpuAdmin(admin.ModelAdmin):
+    list_display = ["name", "memory_gb", "exclusive", "min_residency", "max_wait"]
 
 
 @admin.register(ServeEvent)

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 from django.utils import timezone
 
-from serves import model_states, pool_stats
+from serves import model_states, pool_stats, residency
 from serves.claims import OperationResult, claim, release
 from serves.drain_counts import FLUSH_SECONDS, in_flight
 from serves.models import LoadError, ModelState, Runtime, Serve, ServeEvent
@@ -193,6 +193,15 @@ def _load(serve: Serve, overrides: dict[str, Any], requested_by: str,
     else:
         transition(serve, ModelState.LOADING, action="load", requested_by=requested_by, overrides=overrides,
                    detail=f"loading ({serve.run_by})")
+    swap_began = time.monotonic()
+    room = residency.make_room(serve, swap_began + serve.ready_timeout, do_unload,
+                               waiting=(lambda why: progress(time.monotonic() - swap_began,
+                                                             float(serve.ready_timeout), why)) if progress else None)
+    if room.no_room or room.blocked_by:
+        why = room.no_room or f"no room on GPU {serve.gpu} within ready_timeout: {room.describe()}"
+        transition(serve, ModelState.FAILED, action="load", requested_by=requested_by, outcome=Outcome.FAILED,
+                   error_code=LoadError.NO_ROOM, error=why, detail=why)
+        return OperationResult(serve.name, "load", Outcome.FAILED, why, [], before, ModelState.FAILED)
     memory_before = _used_mib(serve)
     started = runtime.start(serve, overrides)
     if not started.ok:
@@ -210,8 +219,11 @@ def _load(serve: Serve, overrides: dict[str, Any], requested_by: str,
     memory_after = _used_mib(serve)
     measured = ((memory_after - memory_before) / 1024 if memory_before is not None and memory_after is not None
                 and not started.adopted else serve.vram_measured_gb)
-    transition(serve, ModelState.LOADED, action="load", requested_by=requested_by, detail=started.detail,
+    transition(serve, ModelState.LOADED, action="load", requested_by=requested_by,
+               detail=started.detail + (f"; {room.describe()}" if room.evict else ""),
                commands=started.commands, vram_measured_gb=measured)
+    if room.evict:  # a swap: what the requests waiting for this model waited for, eviction and start together
+        pool_stats.record("swap", serve.name, "ok", time.monotonic() - swap_began)
     return OperationResult(serve.name, "load", Outcome.OK, started.detail, started.commands, before, ModelState.LOADED)
 
 

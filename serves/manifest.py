@@ -25,7 +25,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from serves.compose import parse_up_command, up_command_text
-from serves.models import MODALITIES, Dialect, Engine, Preset, Serve, StreamVerify, Thinking, default_modalities
+from serves.models import MODALITIES, Dialect, Engine, Gpu, Preset, Serve, StreamVerify, Thinking, default_modalities
 from serves.runtimes.presets import PresetError, check_preset_args
 from serves.upstream_keys import upstream_key_name_problem
 
@@ -139,9 +139,10 @@ def parse_manifest(text: str, manifest_dir: Path) -> list[dict[str, Any]]:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ManifestError(f"not valid TOML: {exc}") from None
-    unknown_top = set(document) - {"serve"}
+    unknown_top = set(document) - {"serve", "gpu"}
     if unknown_top:
-        raise ManifestError(f"unknown top-level key(s) {sorted(unknown_top)}; serves are [[serve]] tables")
+        raise ManifestError(f"unknown top-level key(s) {sorted(unknown_top)}; serves are [[serve]] tables, "
+                            "devices [[gpu]] tables")
     entries = document.get("serve", [])
     if not isinstance(entries, list):
         raise ManifestError("'serve' must be an array of tables: write [[serve]]")
@@ -153,6 +154,38 @@ def parse_manifest(text: str, manifest_dir: Path) -> list[dict[str, Any]]:
         if row["name"] in seen:
             raise ManifestError(f"duplicate name, first used by serve #{seen[row['name']]}", label, "name")
         seen[row["name"]] = index
+        rows.append(row)
+    return rows
+
+
+GPU_KEYS: dict[str, tuple[type, ...]] = {"id": (str, int), "memory_gb": (int, float), "exclusive": (bool,),
+                                         "min_residency": (int,), "max_wait": (int,)}
+GPU_DEFAULTS: dict[str, Any] = {"memory_gb": None, "exclusive": False, "min_residency": 30, "max_wait": 120}
+
+
+def parse_gpus(text: str) -> list[dict[str, Any]]:
+    """Rows (Gpu field -> value) for every ``[[gpu]]``: ``id`` (what serves name in ``gpu``), ``memory_gb``
+    (blank: nvidia-smi's), ``exclusive``, ``min_residency``, ``max_wait``."""
+    try:
+        entries = tomllib.loads(text).get("gpu", [])
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(f"not valid TOML: {exc}") from None
+    if not isinstance(entries, list):
+        raise ManifestError("'gpu' must be an array of tables: write [[gpu]]")
+    rows: list[dict[str, Any]] = []
+    for index, entry in enumerate(entries, start=1):
+        label = f"gpu #{index}"
+        for key, value in entry.items():
+            types = GPU_KEYS.get(key)
+            if types is None:
+                raise ManifestError(f"unknown key (known keys: {', '.join(GPU_KEYS)})", label, key)
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                raise ManifestError(f"expected {' or '.join(t.__name__ for t in types)}", label, key)
+        if "id" not in entry:
+            raise ManifestError("missing (every [[gpu]] needs an id: what serves name in gpu)", label, "id")
+        row = {**GPU_DEFAULTS, **{k: v for k, v in entry.items() if k != "id"}, "name": str(entry["id"])}
+        if any(row["name"] == seen["name"] for seen in rows):
+            raise ManifestError("duplicate id", label, "id")
         rows.append(row)
     return rows
 
@@ -224,9 +257,19 @@ def _apply_up(row: dict[str, Any], command: str, label: str) -> None:
 
 
 @transaction.atomic
-def import_rows(rows: list[dict[str, Any]]) -> ImportReport:
-    """Create or update one Serve per row, all or nothing."""
+def import_rows(rows: list[dict[str, Any]], gpus: list[dict[str, Any]] | None = None) -> ImportReport:
+    """Create or update one Serve per row (and one Gpu per ``gpus`` row), all or nothing."""
     report = ImportReport()
+    for row in gpus or []:
+        device = Gpu.objects.filter(name=row["name"]).first() or Gpu(name=row["name"])
+        for name, value in row.items():
+            setattr(device, name, value)
+        try:
+            device.full_clean()
+        except ValidationError as exc:
+            field_name, messages = next(iter(exc.message_dict.items()))
+            raise ManifestError("; ".join(messages), f"gpu {row['name']!r}", field_name) from None
+        device.save()
     names = [row["name"] for row in rows]
     existing = {serve.name: serve for serve in Serve.objects.select_for_update().filter(name__in=names)}
     for row in rows:
@@ -256,7 +299,7 @@ def import_manifest(path: Path) -> ImportReport:
         text = path.read_text()
     except OSError as exc:
         raise ManifestError(f"cannot read {path}: {exc.strerror}") from None
-    return import_rows(parse_manifest(text, path.resolve().parent))
+    return import_rows(parse_manifest(text, path.resolve().parent), parse_gpus(text))
 
 
 def _manifest_key(field_name: str) -> str:
@@ -278,9 +321,14 @@ EXPORT_ORDER = ["name", "tier", "engine", "dialect", "container", "port", "base_
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
-def export_manifest(serves: list[Serve], manifest_dir: Path | None = None) -> str:
-    """serves.toml text for ``serves``; paths under ``manifest_dir`` are written with ``{dir}``."""
+def export_manifest(serves: list[Serve], manifest_dir: Path | None = None, gpus: list[Gpu] | None = None) -> str:
+    """serves.toml text for ``serves`` (and ``gpus``); paths under ``manifest_dir`` are written with ``{dir}``."""
     blocks = ["# Anvil serves manifest: `python manage.py serves import FILE` reads it back.\n"]
+    for device in gpus or []:
+        lines = ["[[gpu]]", f"id = {_toml_value(device.name)}"]
+        lines += [f"{key} = {_toml_value(getattr(device, key))}" for key, default in GPU_DEFAULTS.items()
+                  if getattr(device, key) != default]
+        blocks.append("\n".join(lines) + "\n")
     for serve in serves:
         values: dict[str, Any] = {}
         for key in EXPORT_ORDER:

@@ -94,6 +94,7 @@ class LoadError(models.TextChoices):
     READY_TIMEOUT = "ready_timeout", "not ready within ready_timeout"
     EXITED = "exited", "the process exited"
     OUT_OF_MEMORY = "out_of_memory", "out of memory"
+    NO_ROOM = "no_room", "does not fit its GPU, even with every other model evicted"
 
 
 class Preset(models.TextChoices):
@@ -412,3 +413,32 @@ class ServeEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} {self.serve_id}: {self.outcome}"
+
+
+class Gpu(models.Model):
+    """A device (or a CPU host's budget) that serves are loaded onto: what fits, and how swaps behave on it.
+
+    ``name`` is what a serve's ``gpu`` says (an index, a UUID, or a name such as ``cpu``). Declared in
+    serves.toml as ``[[gpu]]`` (docs/pool.md: residency).
+    """
+
+    name = models.CharField(max_length=64, unique=True, help_text="What serves name in their gpu field.")
+    memory_gb = models.FloatField(null=True, blank=True,
+                                  help_text="Capacity in GB; blank: nvidia-smi's total for this GPU.")
+    exclusive = models.BooleanField(default=False, help_text="One model at a time on it.")
+    min_residency = models.PositiveIntegerField(
+        default=30, help_text="Seconds a model loaded here stays before a swap may evict it while requests want it.")
+    max_wait = models.PositiveIntegerField(
+        default=120, help_text="Seconds a request may wait for a swap before min_residency gives way.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "GPU"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        if self.memory_gb is not None and not self.memory_gb > 0:
+            raise ValidationError({"memory_gb": "memory_gb is a positive number of GB (blank: nvidia-smi's)."})

@@ -18,6 +18,7 @@ from django.conf import settings
 from django.db import transaction
 
 from anvil_site.task_queue import QueueUnavailable
+from serves import residency
 from serves.drain_counts import in_flight
 from serves.loading import InvalidLoadRequest, check_overrides, transition
 from serves.models import ModelState, Runtime, Serve, ServeEvent
@@ -148,7 +149,8 @@ def _queue_or_undo(serve: Serve, before: str, action: str, requested_by: str, qu
 
 
 def gpu_memory_report() -> dict[str, Any]:
-    """Per GPU: total and used (nvidia-smi; "unknown" without it); per serve: its VRAM estimate."""
+    """The residency ledger: per device (declared ``[[gpu]]`` or nvidia-smi's) its capacity and residents with
+    their footprints; nvidia-smi's live figures ("unknown" without it); per serve its VRAM estimate."""
     found = gpus()
     serves = [{"id": serve.name, "gpu": serve.gpu or None, "state": serve.current_model_state,
                "vram_gb": vram_estimate(serve),
@@ -157,6 +159,7 @@ def gpu_memory_report() -> dict[str, Any]:
               for serve in Serve.objects.exclude(runtime=Runtime.REMOTE).order_by("name")
               if serve.run_by != Runtime.REMOTE]
     return {
+        "devices": [ledger.as_dict() for ledger in residency.ledgers()],
         "gpus": [{"index": g.index, "uuid": g.uuid, "total_mib": g.total_mib, "used_mib": g.used_mib}
                  for g in found] if found else "unknown",
         "serves": serves, "vram_definition": VRAM_DEFINITION,

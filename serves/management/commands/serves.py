@@ -20,7 +20,7 @@ from serves.compose import render_compose
 from serves.lifecycle import start_hint
 from serves.loading import InvalidLoadRequest, do_load, do_unload
 from serves.manifest import ManifestError, export_manifest, import_manifest
-from serves.models import DockerState, Serve
+from serves.models import DockerState, Gpu, Serve
 from serves.operations import LoadConflict, request_load, request_unload
 from serves.tasks import enqueue
 
@@ -168,7 +168,7 @@ class Command(BaseCommand):
 
     def _export(self, path: Path | None) -> None:
         manifest_dir = path.resolve().parent if path else Path.cwd()
-        self._write(export_manifest(list(Serve.objects.all()), manifest_dir), path)
+        self._write(export_manifest(list(Serve.objects.all()), manifest_dir, list(Gpu.objects.all())), path)
 
     def _write(self, text: str, path: Path | None) -> None:
         if path is None:
