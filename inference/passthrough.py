@@ -32,7 +32,7 @@ from inference.errors import (
     error_body,
 )
 from inference.exchange import upstream_request_id
-from inference.inflight import in_flight
+from inference.pool_wait import Reach, reaching
 from inference.serving import DecisionRecordDraft, make_decision, not_loaded, refusal
 from inference.upstream_client import UpstreamError, UpstreamRequest, UpstreamTimedOut, open_upstream
 from inference.wire import Dialect, anthropic_client
@@ -103,7 +103,7 @@ async def _try(serve: ServeView, request: UpstreamRequest) -> _Answer:
         return _Answer(response.status, body, content_type)
 
 
-async def _relay(sink: ResponseSink, decision: Decision, record: DecisionRecordDraft,
+async def _relay(sink: ResponseSink, decision: Decision, record: DecisionRecordDraft, principal: Principal | None,
                  build: Callable[[ServeView], UpstreamRequest | None],
                  answer: Callable[[ServeView, _Answer], _Answer] = lambda serve, found: found) -> None:
     """Try the decision's candidates in order; the first that answers (below 500) answers the client."""
@@ -124,9 +124,17 @@ async def _relay(sink: ResponseSink, decision: Decision, record: DecisionRecordD
         tried += 1
         started = time.perf_counter()
         entry: dict[str, Any] = {"serve": serve.name}
+        reach = Reach()
         try:
-            async with in_flight().holding(serve.name):
+            async with reaching(serve, sink, principal, stream=False, reach=reach):  # its queue, a load on demand
+                started = time.perf_counter()
                 found = answer(serve, await _try(serve, request))
+        except FrontDoorError as not_reached:  # its queue would not take it, or its load failed
+            last_error = not_reached
+            entry.update(outcome=not_reached.code, **reach.as_log())
+            record.attempts.append(entry)
+            failures.append(not_reached.message)
+            continue
         except UpstreamTimedOut as exc:
             last_error = UpstreamTimeout(f"Serve {serve.name} did not answer in time: {exc}.")
             entry.update(outcome="timeout")
@@ -138,6 +146,7 @@ async def _relay(sink: ResponseSink, decision: Decision, record: DecisionRecordD
             if found.status >= 500:
                 last_error = UpstreamFailed(f"Serve {serve.name} failed (HTTP {found.status}).")
         entry["ms"] = round((time.perf_counter() - started) * 1000, 3)
+        entry.update(reach.as_log())
         record.attempts.append(entry)
         await web_state.breaker_record(serve.name, entry["outcome"] == "served")
         if entry["outcome"] == "served":
@@ -211,7 +220,7 @@ async def serve_path(sink: ResponseSink, path: str, method: str, body: dict[str,
                                json.dumps(sent).encode() if sent is not None else None,
                                _headers(serve, request_id), method=method)
 
-    await _served(sink, decision, record, principal, started, lambda: _relay(sink, decision, record, build),
+    await _served(sink, decision, record, principal, started, lambda: _relay(sink, decision, record, principal, build),
                   lambda refused: path_refusal(refused, path))
 
 
@@ -269,4 +278,5 @@ async def count_tokens(sink: ResponseSink, body: dict[str, Any], principal: Prin
     serves = await current_serves()
     known = ", ".join(s.name for s in serves) or "none"
     await _served(sink, decision, record, principal, started,
-                  lambda: _relay(sink, decision, record, build, answer), lambda refused: refusal(refused, known))
+                  lambda: _relay(sink, decision, record, principal, build, answer),
+                  lambda refused: refusal(refused, known))

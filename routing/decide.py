@@ -216,9 +216,9 @@ def decide_for_path(model: str | None, serves: tuple[ServeView, ...], why_not: C
             return Decision(named, work_class, True, (), notes=(f"no enabled serve is named {named!r}",),
                             unknown_model=True)
     candidates, excluded, unloaded = [], [], []
-    for serve in sorted(pool, key=lambda s: (tier_rank(s.tier, config), s.name)):
+    for serve in sorted(pool, key=lambda s: (not s.loaded, tier_rank(s.tier, config), s.name)):
         reason = why_not(serve)
-        if reason is None and not serve.loaded:
+        if reason is None and not serve.loaded and not serve.on_demand:  # on demand: a request loads it
             reason = f"not loaded ({serve.model_state})"
             unloaded.append(serve)
         if reason is None:

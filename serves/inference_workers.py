@@ -11,7 +11,12 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from serves.models import Dialect, Engine, Serve
+from serves.models import Dialect, Engine, Gpu, Serve
+
+# The demo's device: room for one of its two checkpoints at a time, so a request for the other swaps them
+# (docs/pool.md). Footprints and capacity are declared: the demo runs on any machine, GPU or not.
+DEMO_DEVICE = {"name": "demo", "memory_gb": 1.0, "min_residency": 10, "max_wait": 60}
+DEMO_FOOTPRINT_GB = 0.6
 
 
 @transaction.atomic
@@ -34,8 +39,22 @@ def register_worker(name: str, port: int, served_model: str, *, tier: str, conte
 
 
 @transaction.atomic
-def register_checkpoint(name: str, port: int, checkpoint: str, *, tier: str, context_limit: int | None) -> Serve:
-    """``checkpoint`` as a process serve of the runinference preset, listening on ``port``."""
+def register_demo_pair(names: tuple[str, str], port: int, checkpoint: str, *, tier: str,
+                       context_limit: int | None) -> list[Serve]:
+    """The ``make run`` demo: ``checkpoint`` twice (ports ``port`` and ``port + 1``), both loaded on demand on a
+    declared device with room for one. What an operator changed since (the device, a serve's pool fields) stays."""
+    Gpu.objects.get_or_create(name=DEMO_DEVICE["name"], defaults={k: v for k, v in DEMO_DEVICE.items() if k != "name"})
+    pool = {"on_demand": True, "gpu": DEMO_DEVICE["name"], "vram_gb": DEMO_FOOTPRINT_GB}
+    return [register_checkpoint(name, port + offset, checkpoint, tier=tier, context_limit=context_limit,
+                                first_time=pool)
+            for offset, name in enumerate(names)]
+
+
+@transaction.atomic
+def register_checkpoint(name: str, port: int, checkpoint: str, *, tier: str, context_limit: int | None,
+                        first_time: dict[str, object] | None = None) -> Serve:
+    """``checkpoint`` as a process serve of the runinference preset, listening on ``port`` (``first_time``: fields
+    set only when the serve is created)."""
     wanted: dict[str, object] = {
         "engine": Engine.HRM, "dialect": Dialect.OPENAI, "runtime": "process", "preset": "runinference",
         "preset_args": {"checkpoint": checkpoint}, "port": port, "base_url": "", "container": "",
@@ -43,7 +62,7 @@ def register_checkpoint(name: str, port: int, checkpoint: str, *, tier: str, con
         "ready_timeout": 300,
     }
     serve, created = Serve.objects.select_for_update().get_or_create(
-        name=name, defaults={**wanted, "tier": tier, "supports_tools": False})
+        name=name, defaults={**wanted, "tier": tier, "supports_tools": False, **(first_time or {})})
     if created:
         return serve
     changed = [field for field, value in wanted.items() if getattr(serve, field) != value]

@@ -70,10 +70,11 @@ class Command(BaseCommand):
             raise SystemExit(code)
 
     def _register_hrm(self, supervisor: Supervisor, checkpoint: Any) -> int:
-        """The demo checkpoint as a process serve; the worker loads it once it runs (its id is returned)."""
+        """The demo checkpoint as two on-demand process serves sharing a device with room for one (a request
+        for the second swaps them); the worker loads the first once it runs (its id is returned)."""
         import json
 
-        from serves.inference_workers import register_checkpoint
+        from serves.inference_workers import register_demo_pair
 
         port, name = settings.ANVIL_HRM_PORT, settings.ANVIL_HRM_SERVE
         if not (checkpoint / "config.json").is_file():
@@ -81,15 +82,19 @@ class Command(BaseCommand):
                               f"with `python manage.py trainhrm --out DIR`, or set ANVIL_HRM_CHECKPOINT=off.")
         config = json.loads((checkpoint / "config.json").read_text())
         context = config.get("max_seq_len") or config.get("n_positions")
-        serve = register_checkpoint(name, port, str(checkpoint), tier=settings.ANVIL_HRM_TIER, context_limit=context)
-        if serve.current_model_state != "loaded" and not port_is_free("127.0.0.1", port):
-            # Adopted below if it is this serve's own process from an earlier stack; anything else is in the way.
-            from serves.runtimes.process import PROCESSES
+        serves = register_demo_pair((name, f"{name}-swap"), port, str(checkpoint), tier=settings.ANVIL_HRM_TIER,
+                                    context_limit=context)
+        for serve in serves:
+            if serve.current_model_state != "loaded" and not port_is_free("127.0.0.1", serve.port or port):
+                # Adopted below if it is this serve's own process from an earlier stack; anything else is in the way.
+                from serves.runtimes.process import PROCESSES
 
-            if PROCESSES.record(serve) is None:
-                raise LaunchError(f"127.0.0.1:{port} (ANVIL_HRM_PORT) is already in use; choose another port.")
-        supervisor.say(f"serve {name!r} (engine hrm, process runtime) registered on port {port}")
-        return serve.pk
+                if PROCESSES.record(serve) is None:
+                    raise LaunchError(f"127.0.0.1:{serve.port} (ANVIL_HRM_PORT, and the next port for the swap "
+                                      "demo) is already in use; choose another port.")
+        supervisor.say(f"serves {name!r} and {name + '-swap'!r} (engine hrm, process runtime, on demand, sharing "
+                       f"device 'demo') registered on ports {port} and {port + 1}")
+        return serves[0].pk
 
     def _load_hrm(self, supervisor: Supervisor, serve_id: int) -> None:
         from serves.models import Serve
