@@ -46,6 +46,7 @@ class ServeView:
     public_model: str = ""
     fallback_to: tuple[str, ...] = ()
     on_demand: bool = False
+    ttl: int | None = None
     target_inflight: int | None = None
     max_queue: int = 100
     queue_timeout: float = 120.0
@@ -61,8 +62,8 @@ class ServeView:
 
     @property
     def queued(self) -> bool:
-        """Whether requests for it go through its queue (a limit, or a load to wait for)."""
-        return self.target_inflight is not None or self.on_demand
+        """Whether requests for it go through its queue (a limit, a load to wait for, an idle time to count)."""
+        return self.target_inflight is not None or self.on_demand or self.ttl is not None
 
     @property
     def loaded(self) -> bool:
@@ -86,7 +87,8 @@ def _view(serve: Serve) -> ServeView:
         runtime=serve.run_by.value, model_state=serve.current_model_state, load_error=serve.load_error,
         state_changed_at=serve.state_changed_at.timestamp() if serve.state_changed_at else 0.0,
         public_model=serve.public_model, fallback_to=tuple(serve.fallback_to or ()), on_demand=serve.on_demand,
-        target_inflight=serve.target_inflight, max_queue=serve.max_queue, queue_timeout=float(serve.queue_timeout),
+        ttl=serve.ttl, target_inflight=serve.target_inflight, max_queue=serve.max_queue,
+        queue_timeout=float(serve.queue_timeout),
     )
 
 

@@ -31,6 +31,7 @@ from serves.claims import OperationResult, claim, release
 from serves.drain_counts import FLUSH_SECONDS, in_flight
 from serves.models import LoadError, ModelState, Runtime, Serve, ServeEvent
 from serves.probes import gpu_of
+from serves.queue_keys import holding_slots
 from serves.runtimes import ServeRuntime, Started, runtime_for
 from serves.runtimes.presets import PresetError, check_preset_args
 from serves.upstream_keys import upstream_auth_headers
@@ -279,12 +280,21 @@ def do_unload(serve_id: int, requested_by: str) -> OperationResult:
                                    ModelState.UNLOADED)
         transition(serve, ModelState.UNLOADING, action="unload", requested_by=requested_by, detail="draining")
         deadline = time.monotonic() + serve.drain_timeout
-        # A zero is trusted once every web process has seen "unloading" (no new request goes there) and
-        # written the counts of the ones it had just started.
-        time.sleep(min(DRAIN_SETTLE_SECONDS, serve.drain_timeout))
-        while in_flight(serve.name) > 0 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        left = in_flight(serve.name)
+        if serve.is_queued:
+            # Every request reaches it through its queue, which "unloading" shut in Redis as it was written:
+            # what holds a slot is all there is to wait for (a request counts in flight only inside one).
+            def left_in_flight() -> int:
+                return holding_slots(serve.name) + in_flight(serve.name)
+        else:
+            # A zero is trusted once every web process has seen "unloading" (no new request goes there) and
+            # written the counts of the ones it had just started.
+            time.sleep(min(DRAIN_SETTLE_SECONDS, serve.drain_timeout))
+
+            def left_in_flight() -> int:
+                return in_flight(serve.name)
+        while left_in_flight() > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = left_in_flight()
         drained = time.monotonic() - (deadline - serve.drain_timeout)
         pool_stats.record("drain", serve.name, "timeout" if left else "ok", drained)
         detail = runtime.stop(serve)

@@ -321,6 +321,11 @@ class Serve(models.Model):
         return group in (self.groups or [])
 
     @property
+    def is_queued(self) -> bool:
+        """Whether requests reach it through its queue (inference/serve_queue.py): as ServeView.queued."""
+        return self.target_inflight is not None or self.on_demand or self.ttl is not None
+
+    @property
     def public_model(self) -> str:
         """The model id clients send for this serve (its replicas share it)."""
         return self.alias or self.name

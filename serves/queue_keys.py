@@ -49,3 +49,15 @@ def occupancy(client: redis.Redis, serves: list[str]) -> dict[str, tuple[int, in
         rows = pipe.execute()
     return {serve: (int(rows[3 * i]), int(rows[3 * i + 1]), float(rows[3 * i + 2]) if rows[3 * i + 2] else None)
             for i, serve in enumerate(serves)}
+
+
+def holding_slots(serve: str) -> int:
+    """Requests holding one of ``serve``'s queue slots now (0 when Redis cannot say)."""
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=settings.ANVIL_REDIS_TIMEOUT,
+                                  socket_connect_timeout=settings.ANVIL_REDIS_TIMEOUT)
+    try:
+        return int(client.zcount(queue_keys(serve)[0], time.time(), "+inf"))
+    except redis.RedisError:
+        return 0
+    finally:
+        client.close()
