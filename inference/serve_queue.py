@@ -183,14 +183,6 @@ pump()
 return held and 1 or 0
 """
 
-_REFRESH = """
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1]) return 1 end
-return 0
-"""
-
-
-
-
 @dataclass(frozen=True)
 class QueueSpec:
     """What a serve's queue needs of the serve (``ServeView``'s fields)."""
@@ -237,12 +229,14 @@ class ServeQueues:
         self.listener: asyncio.Task[None] | None = None
         self.subscribed: asyncio.Event | None = None
         self.releasing: set[asyncio.Task[None]] = set()  # slots being given back (kept: a task needs a holder)
+        self.held: dict[str, str] = {}  # ticket -> serve of every slot this loop holds (their leases refreshed)
+        self.keeper: asyncio.Task[None] | None = None
 
     def _redis(self) -> redis.asyncio.Redis:
         if self.client is None:
             self.client = redis.asyncio.from_url(settings.REDIS_URL, socket_timeout=settings.ANVIL_REDIS_TIMEOUT,
                                                  socket_connect_timeout=settings.ANVIL_REDIS_TIMEOUT)
-            for name, source in (("acquire", _ACQUIRE), ("tick", _TICK), ("leave", _LEAVE), ("refresh", _REFRESH)):
+            for name, source in (("acquire", _ACQUIRE), ("tick", _TICK), ("leave", _LEAVE)):
                 self.scripts[name] = self.client.register_script(source)
         return self.client
 
@@ -278,6 +272,9 @@ class ServeQueues:
                 future.set_result(None)
 
     async def _ensure_listening(self) -> None:
+        if self.subscribed is not None and self.subscribed.is_set() and self.listener is not None \
+                and not self.listener.done():
+            return  # the hot path: subscribed already
         if self.listener is None or self.listener.done():
             self.subscribed = asyncio.Event()
             self.listener = asyncio.get_running_loop().create_task(self._listen())
@@ -319,11 +316,13 @@ class ServeQueues:
             raise
         self._forget(ticket)
         wait.seconds = time.monotonic() - started
-        refresher = asyncio.get_running_loop().create_task(self._keep(spec, ticket))
+        self.held[ticket] = spec.serve
+        if self.keeper is None or self.keeper.done():
+            self.keeper = asyncio.get_running_loop().create_task(self._keep())
         try:
             yield
         finally:
-            refresher.cancel()
+            self.held.pop(ticket, None)
             # Released in the background: the answer is complete, and a client that leaves now (it has all it
             # asked for) must not turn a served request into a cancelled one while Redis answers.
             self._release_soon(spec, ticket)
@@ -354,12 +353,19 @@ class ServeQueues:
             if on_tick is not None:
                 await on_tick(time.monotonic() - started)
 
-    async def _keep(self, spec: QueueSpec, ticket: str) -> None:
-        while True:
+    async def _keep(self) -> None:
+        """Refresh every lease this loop holds, every LEASE_REFRESH_SECONDS, in one pipeline (one task for all,
+        rather than a task per request); ends when none is held."""
+        while self.held:
             await asyncio.sleep(LEASE_REFRESH_SECONDS)
-            with contextlib.suppress(Exception):
-                await self.scripts["refresh"](keys=[queue_keys(spec.serve)[0]],  # type: ignore[operator]
-                                              args=[ticket, f"{time.time() + LEASE_SECONDS:.6f}"])
+            expiry = f"{time.time() + LEASE_SECONDS:.6f}"
+            try:
+                async with self._redis().pipeline(transaction=False) as pipe:
+                    for ticket, serve in list(self.held.items()):
+                        pipe.zadd(queue_keys(serve)[0], {ticket: expiry}, xx=True)
+                    await pipe.execute()
+            except Exception:  # a lease not refreshed expires; the next round tries again
+                log.debug("could not refresh the queue leases", exc_info=True)
 
     def _release_soon(self, spec: QueueSpec, ticket: str) -> None:
         task = asyncio.get_running_loop().create_task(self._leave(spec, ticket))

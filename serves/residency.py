@@ -174,6 +174,20 @@ def plan_for(serve: Serve, now: float | None = None) -> tuple[Device | None, Pla
                         oldest_wait(serve.name, now))
 
 
+def swap_plan(name: str) -> str:
+    """What loading ``name`` would do now, in words (``POST /v1/route``): "would load B, evicting A after it drains"."""
+    serve = Serve.objects.filter(name=name).first()
+    if serve is None:
+        return ""
+    device, chosen = plan_for(serve)
+    where = f" on GPU {device.name}" if device is not None else ""
+    if chosen.no_room:
+        return f"cannot load {name}{where}: {chosen.no_room}"
+    if not chosen.evict:
+        return f"would load {name}{where}"
+    return f"would load {name}{where}, {chosen.describe()}"
+
+
 def make_room(serve: Serve, deadline: float, unload: Callable[[int, str], object],
               waiting: Callable[[str], None] | None = None) -> Plan:
     """Evict what the plan says (``unload`` drains, then stops), waiting while protected residents block it.

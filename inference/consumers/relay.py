@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from channels.db import database_sync_to_async
+
 from inference.auth import Principal
 from inference.consumers.base import FrontDoorConsumer
 from inference.serving import RelayRequest, make_decision, serve_request
@@ -21,6 +23,7 @@ from inference.wire.requests import (
     validate_responses,
     validate_route,
 )
+from serves.residency import swap_plan
 
 
 class RelayConsumer(FrontDoorConsumer):
@@ -68,4 +71,7 @@ class RouteConsumer(FrontDoorConsumer):
         decision = await make_decision(body, frozenset({"openai", "anthropic"}))
         payload = decision.explain()
         payload.update(unknown_model=decision.unknown_model, too_large=decision.too_large)
+        first = decision.candidates[0].serve if decision.candidates else None
+        if first is not None and not first.loaded:  # the pool's plan for the first choice: what loading it costs
+            payload["pool_plan"] = await database_sync_to_async(swap_plan)(first.name)
         await self.send_json(200, payload)

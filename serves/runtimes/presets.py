@@ -71,8 +71,11 @@ def _llama_cpp(serve: Serve, args: dict[str, Any]) -> list[str]:
         return argv + _flags(args, [("ctx_size", "-c"), ("n_gpu_layers", "-ngl"), ("mmproj", "--mmproj"),
                                     ("draft_model", "-md"), ("chat_template", "--chat-template"),
                                     ("flash_attn", "--flash-attn"), ("n_threads", "-t")])
+    # --interrupt_requests false: llama-cpp-python's server otherwise cuts a stream short whenever another
+    # request arrives (bench/pool.py saw streams end mid-answer under two clients); Anvil queues instead.
     argv = [str(args.get("python") or sys.executable), "-m", "llama_cpp.server", "--model", model,
-            "--host", "127.0.0.1", "--port", str(serve.port), "--model_alias", serve.served_model]
+            "--host", "127.0.0.1", "--port", str(serve.port), "--model_alias", serve.served_model,
+            "--interrupt_requests", "false"]
     return argv + _flags(args, [("ctx_size", "--n_ctx"), ("n_gpu_layers", "--n_gpu_layers"),
                                 ("chat_format", "--chat_format"), ("mmproj", "--clip_model_path"),
                                 ("n_threads", "--n_threads")])

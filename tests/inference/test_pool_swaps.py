@@ -90,6 +90,10 @@ def test_a_stream_survives_the_swap_that_its_model_is_evicted_by(anvil: str, key
             "x-api-key": create_key(f"adm-{uuid.uuid4().hex[:5]}", ["admin"]).secret}).json()
         device = next(d for d in ledger["devices"] if d["id"] == gpu)
         assert [r["id"] for r in device["residents"]] == [b.name] and device["free_gb"] == 4
+        # POST /v1/route says what asking for a now would do.
+        plan = httpx.post(f"{anvil}/v1/route", headers={"x-api-key": key}, timeout=10, json={
+            "model": a.name, "messages": [{"role": "user", "content": "hi"}]}).json()
+        assert plan["pool_plan"] == f"would load {a.name} on GPU {gpu}, evicting {b.name}", plan
     finally:
         for serve in (a, b):
             do_unload(serve.pk, "test")
