@@ -13,6 +13,7 @@ from django.test import Client
 
 from inference.keys import create_key
 from inference.models import ApiKey
+from tests.support.admin_forms import submitted_form
 from tests.support.asgi import call
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -72,9 +73,10 @@ def test_rest_api_requires_an_operator_and_never_shows_secrets(operator_client: 
 
 
 def test_admin_creates_a_key_and_shows_its_secret_exactly_once(operator_client: Client) -> None:
-    form = operator_client.get("/admin/inference/apikey/add/").content.decode()
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]
-    form_data = {"name": "from-admin", "scopes": ["inference", "admin"], "csrfmiddlewaretoken": token}
+    page = operator_client.get("/admin/inference/apikey/add/")
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.content.decode()).group(1)  # type: ignore[union-attr]
+    form_data = submitted_form(page, name="from-admin", scopes=["inference", "admin"], csrfmiddlewaretoken=token)
+    assert form_data["weight"] == 1.0  # the fair-share fields as the page shows them
     answer = operator_client.post("/admin/inference/apikey/add/", form_data)
     assert answer.status_code == 200
     secret = re.search(r'value="(anv_[^"]+)"', answer.content.decode()).group(1)  # type: ignore[union-attr]

@@ -182,19 +182,24 @@ class LoadBar:
     """The terminal's view of a load: the share of ``ready_timeout`` spent and the engine's last log line.
 
     An engine does not say how far along it is, so the bar is the time budget, and the log line is
-    the progress. Redrawn in place on a terminal; a line every 10 s (and the first at once) otherwise."""
+    the progress. Redrawn in place on a terminal; otherwise a line at once, then whenever the engine
+    says something new (at most every second), and every 10 s regardless."""
 
     EVERY = 10.0
+    NEWS_EVERY = 1.0
 
     def __init__(self, name: str, stream: Any) -> None:
         self.name, self.stream = name, stream
         self.tty = stream.isatty()
         self.shown_at: float | None = None
+        self.shown_line = ""
 
     def __call__(self, waited: float, limit: float, line: str) -> None:
-        if not self.tty and self.shown_at is not None and waited - self.shown_at < self.EVERY:
-            return
-        self.shown_at = waited
+        if not self.tty and self.shown_at is not None:
+            since = waited - self.shown_at
+            if since < self.EVERY and (line == self.shown_line or since < self.NEWS_EVERY):
+                return
+        self.shown_at, self.shown_line = waited, line
         filled = int(30 * min(waited / limit, 1.0)) if limit else 0
         text = f"{self.name}: loading [{'#' * filled}{'.' * (30 - filled)}] {waited:.0f}/{limit:.0f} s  {line[-70:]}"
         self.stream.write(("\r\x1b[K" + text) if self.tty else text + "\n")
