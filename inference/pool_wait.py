@@ -42,7 +42,7 @@ HEARTBEAT = b": keep-alive\n\n"
 
 def queue_spec(serve: ServeView) -> QueueSpec:
     return QueueSpec(serve.name, serve.model, serve.target_inflight or UNLIMITED, gated=serve.runtime != "remote",
-                     max_queue=serve.max_queue, timeout=serve.queue_timeout)
+                     max_queue=serve.max_queue, timeout=serve.queue_timeout, fail_open=serve.loaded)
 
 
 def waiter_of(principal: Principal | None) -> Waiter:

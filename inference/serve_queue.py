@@ -193,6 +193,7 @@ class QueueSpec:
     gated: bool  # grants wait for the serve to be loaded (a serve Anvil runs)
     max_queue: int
     timeout: float
+    fail_open: bool = False  # Redis away: let the request through (the serve is loaded) rather than refuse it
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,7 @@ class ServeQueues:
         self.releasing: set[asyncio.Task[None]] = set()  # slots being given back (kept: a task needs a holder)
         self.held: dict[str, str] = {}  # ticket -> serve of every slot this loop holds (their leases refreshed)
         self.keeper: asyncio.Task[None] | None = None
+        self.down_since: float | None = None  # when Redis stopped answering the queue's scripts
 
     def _redis(self) -> redis.asyncio.Redis:
         if self.client is None:
@@ -244,7 +246,11 @@ class ServeQueues:
         self._redis()
         args = [f"{time.time():.6f}", spec.limit, "1" if spec.gated else "0", LEASE_SECONDS, channel(), spec.serve,
                 *extra]
-        return await self.scripts[script](keys=queue_keys(spec.serve), args=args)  # type: ignore[operator]
+        result = await self.scripts[script](keys=queue_keys(spec.serve), args=args)  # type: ignore[operator]
+        if self.down_since is not None:
+            log.info("serve queues: Redis answers again after %.1f s", time.monotonic() - self.down_since)
+            self.down_since = None
+        return result
 
     async def _listen(self) -> None:
         assert self.subscribed is not None
@@ -298,8 +304,11 @@ class ServeQueues:
         self.serve_of[ticket] = spec.serve
         try:
             await self._ensure_listening()
-            result = await self._run("acquire", spec, ticket, waiter.key, waiter.weight, spec.max_queue,
-                                     waiter.max_queued or 0, TICKET_SECONDS)
+            try:
+                result = await self._run("acquire", spec, ticket, waiter.key, waiter.weight, spec.max_queue,
+                                         waiter.max_queued or 0, TICKET_SECONDS)
+            except (redis.RedisError, OSError) as exc:
+                result = self._queue_down(spec, exc)
             code, depth = int(result[0]), int(result[1])  # type: ignore[index]
             if code == -1:
                 raise model_queue_full(spec, depth)
@@ -327,6 +336,18 @@ class ServeQueues:
             # asked for) must not turn a served request into a cancelled one while Redis answers.
             self._release_soon(spec, ticket)
 
+    def _queue_down(self, spec: QueueSpec, exc: BaseException) -> tuple[int, int]:
+        """Redis does not answer: a loaded serve is reached without a slot (its limit and fair share are off
+        until Redis is back: traffic goes on, as the breakers do); one that is not loaded cannot be waited for."""
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            log.warning("serve queues: Redis does not answer (%s: %s); loaded serves are reached without their "
+                        "queues until it does", type(exc).__name__, exc)
+        if spec.fail_open:
+            return (1, 0)
+        raise Unavailable(f"The model {spec.model!r} cannot be waited for: the queue (Redis) does not answer; "
+                          "retry shortly.", code="queue_unavailable", headers=[(b"retry-after", b"2")])
+
     def _forget(self, ticket: str) -> None:
         self.granted.pop(ticket, None)
         self.serve_of.pop(ticket, None)
@@ -340,7 +361,10 @@ class ServeQueues:
                     await asyncio.wait_for(asyncio.shield(self.granted[ticket]), timeout=min(TICK_SECONDS, remaining))
             if self.granted[ticket].done():  # woken: wait for the next word after this look
                 self.granted[ticket] = asyncio.get_running_loop().create_future()
-            state = int(await self._run("tick", spec, ticket, TICKET_SECONDS))  # type: ignore[arg-type]
+            try:
+                state = int(await self._run("tick", spec, ticket, TICKET_SECONDS))  # type: ignore[arg-type]
+            except (redis.RedisError, OSError):
+                state = 0  # Redis away for a moment: wait on (the deadline still holds)
             if state == 1:
                 return
             if state == -1:  # the ticket expired (this process stalled past TICKET_SECONDS)
@@ -376,6 +400,8 @@ class ServeQueues:
         try:
             await asyncio.shield(self._run("leave", spec, ticket))
         except Exception:  # the lease expires on its own; never fail the answer over it
+            if self.down_since is not None:
+                return  # said once already, when Redis stopped answering
             log.warning("could not release %s's queue slot (it expires in %.0f s)", spec.serve, LEASE_SECONDS,
                         exc_info=True)
 

@@ -58,9 +58,11 @@ def publish(serve: str, state: str, error_code: str = "", detail: str = "", at: 
             else:
                 pipe.delete(open_key(serve))
             pipe.execute()
-    except redis.RedisError:
-        # The database has the state; the web processes' catalogs catch up from it.
-        log.warning("could not mirror %s's state %s to Redis", serve, state, exc_info=True)
+    except redis.RedisError as exc:
+        # The database has the state; the web processes' catalogs catch up from it. One line: an outage
+        # is said by every component once, not as a traceback per transition.
+        log.warning("could not mirror %s's state %s to Redis (%s: %s)", serve, state, type(exc).__name__,
+                    " ".join(str(exc).split())[:200])
     finally:
         client.close()
 
