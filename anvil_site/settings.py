@@ -60,6 +60,8 @@ ANVIL_TORCH_THREADS = env.env_int("ANVIL_TORCH_THREADS", 0, minimum=0)
 ANVIL_ADMIN_USER = env.env_str("ANVIL_ADMIN_USER", "admin")
 ANVIL_ADMIN_PASSWORD = env.env_str("ANVIL_ADMIN_PASSWORD", "")
 ANVIL_HRM_PORT = env.env_int("ANVIL_HRM_PORT", 8010, minimum=1)
+# make run's swap demo: the same checkpoint as a second on-demand serve sharing the demo device (docs/pool.md)
+ANVIL_HRM_SWAP_PORT = env.env_int("ANVIL_HRM_SWAP_PORT", ANVIL_HRM_PORT + 1, minimum=1)
 ANVIL_HRM_SERVE = env.env_str("ANVIL_HRM_SERVE", "hrm-demo")  # the serve it is registered as
 ANVIL_HRM_TIER = env.env_str("ANVIL_HRM_TIER", "fast")  # only when the serve is first created
 

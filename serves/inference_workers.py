@@ -39,15 +39,14 @@ def register_worker(name: str, port: int, served_model: str, *, tier: str, conte
 
 
 @transaction.atomic
-def register_demo_pair(names: tuple[str, str], port: int, checkpoint: str, *, tier: str,
+def register_demo_pair(names: tuple[str, str], ports: tuple[int, int], checkpoint: str, *, tier: str,
                        context_limit: int | None) -> list[Serve]:
-    """The ``make run`` demo: ``checkpoint`` twice (ports ``port`` and ``port + 1``), both loaded on demand on a
-    declared device with room for one. What an operator changed since (the device, a serve's pool fields) stays."""
+    """The ``make run`` demo: ``checkpoint`` twice (on ``ports``), both loaded on demand on a declared device
+    with room for one. What an operator changed since (the device, a serve's pool fields) stays."""
     Gpu.objects.get_or_create(name=DEMO_DEVICE["name"], defaults={k: v for k, v in DEMO_DEVICE.items() if k != "name"})
     pool = {"on_demand": True, "gpu": DEMO_DEVICE["name"], "vram_gb": DEMO_FOOTPRINT_GB}
-    return [register_checkpoint(name, port + offset, checkpoint, tier=tier, context_limit=context_limit,
-                                first_time=pool)
-            for offset, name in enumerate(names)]
+    return [register_checkpoint(name, port, checkpoint, tier=tier, context_limit=context_limit, first_time=pool)
+            for name, port in zip(names, ports, strict=True)]
 
 
 @transaction.atomic

@@ -47,7 +47,8 @@ class Stack:
 
 def start_stack(tmp_path: Path, port: int, hrm_port: int, log_name: str = "stack.log") -> Stack:
     env = child_env(ANVIL_BIND=f"127.0.0.1:{port}", ANVIL_VAR_DIR=str(tmp_path / "var"),
-                    ANVIL_HRM_PORT=str(hrm_port), ANVIL_ADMIN_PASSWORD="launcher-test-pass", NO_COLOR="1")
+                    ANVIL_HRM_PORT=str(hrm_port), ANVIL_HRM_SWAP_PORT=str(free_port()),
+                    ANVIL_ADMIN_PASSWORD="launcher-test-pass", NO_COLOR="1")
     log = tmp_path / log_name
     with open(log, "wb") as out:
         process = subprocess.Popen(manage("runstack"), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,

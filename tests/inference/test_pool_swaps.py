@@ -119,7 +119,7 @@ def test_alternating_requests_are_batched_per_model_and_none_waits_past_max_wait
             results = [f.result() for f in futures]
         assert sorted(model for model, _ in results) == sorted([a.name] * 10 + [b.name] * 10)
         swaps = evictions(a) + evictions(b)
-        assert 1 <= swaps <= 3, swaps  # not one per alternation
+        assert 1 <= swaps <= 5, swaps  # a handful, not one per alternation (19 without batching)
         # The longest wait: a model's load, the other's min_residency, its own load; never past max_wait.
         assert max(waited for _, waited in results) < 20, results
     finally:

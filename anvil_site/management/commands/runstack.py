@@ -82,18 +82,19 @@ class Command(BaseCommand):
                               f"with `python manage.py trainhrm --out DIR`, or set ANVIL_HRM_CHECKPOINT=off.")
         config = json.loads((checkpoint / "config.json").read_text())
         context = config.get("max_seq_len") or config.get("n_positions")
-        serves = register_demo_pair((name, f"{name}-swap"), port, str(checkpoint), tier=settings.ANVIL_HRM_TIER,
-                                    context_limit=context)
+        swap_port = settings.ANVIL_HRM_SWAP_PORT
+        serves = register_demo_pair((name, f"{name}-swap"), (port, swap_port), str(checkpoint),
+                                    tier=settings.ANVIL_HRM_TIER, context_limit=context)
         for serve in serves:
             if serve.current_model_state != "loaded" and not port_is_free("127.0.0.1", serve.port or port):
                 # Adopted below if it is this serve's own process from an earlier stack; anything else is in the way.
                 from serves.runtimes.process import PROCESSES
 
                 if PROCESSES.record(serve) is None:
-                    raise LaunchError(f"127.0.0.1:{serve.port} (ANVIL_HRM_PORT, and the next port for the swap "
-                                      "demo) is already in use; choose another port.")
+                    raise LaunchError(f"127.0.0.1:{serve.port} (ANVIL_HRM_PORT or ANVIL_HRM_SWAP_PORT) is already "
+                                      "in use; choose another port.")
         supervisor.say(f"serves {name!r} and {name + '-swap'!r} (engine hrm, process runtime, on demand, sharing "
-                       f"device 'demo') registered on ports {port} and {port + 1}")
+                       f"device 'demo') registered on ports {port} and {swap_port}")
         return serves[0].pk
 
     def _load_hrm(self, supervisor: Supervisor, serve_id: int) -> None:
