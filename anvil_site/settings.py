@@ -265,6 +265,10 @@ ANVIL_ATTEMPT_BUDGET = env.env_int("ANVIL_ATTEMPT_BUDGET", 3, minimum=1)
 ANVIL_QUEUE_HEARTBEAT = env.env_float("ANVIL_QUEUE_HEARTBEAT", 15.0, minimum=0.1)
 # How often a request waiting for an on-demand load asks for the load again (it is one load: the claim).
 ANVIL_ON_DEMAND_RETRIGGER = env.env_float("ANVIL_ON_DEMAND_RETRIGGER", 2.0, minimum=0.1)
+# A model with replica_max > 1 loads another replica once a request has waited this long for a loaded one;
+# an extra replica without a ttl of its own stops after this long idle (serves/replicas.py).
+ANVIL_SCALE_AFTER = env.env_float("ANVIL_SCALE_AFTER", 2.0, minimum=0.0)
+ANVIL_REPLICA_TTL = env.env_int("ANVIL_REPLICA_TTL", 300, minimum=1)
 # An allow-with-verify answer is held at most this many bytes before it is verified.
 ANVIL_COMMIT_WINDOW_BYTES = env.env_int("ANVIL_COMMIT_WINDOW_BYTES", 8 * 1024 * 1024, minimum=1024)
 ANVIL_BREAKER_FAILURES = env.env_int("ANVIL_BREAKER_FAILURES", 3, minimum=1)

@@ -27,6 +27,7 @@ import redis.asyncio
 from django.conf import settings
 
 from serves.drain_counts import FLUSH_SECONDS, HEARTBEAT_SECONDS, STALE_SECONDS, inflight_key, live_total
+from serves.queue_keys import queue_keys
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +95,9 @@ class InFlight:
         return True
 
     def loads(self, serves: tuple[str, ...]) -> dict[str, int]:
-        """Requests in flight at each of ``serves`` across the web processes: this process's count now,
-        the others' as read at most ``LOADS_REFRESH_SECONDS`` ago (in the background, never on the
-        request's time). For balancing a model's replicas by load."""
+        """Requests in flight at each of ``serves`` across the web processes, and those waiting in its queue:
+        this process's in-flight count now, the rest as read at most ``LOADS_REFRESH_SECONDS`` ago (in the
+        background, never on the request's time). For balancing a model's replicas by load."""
         if not serves:
             return {}
         now = time.monotonic()
@@ -110,13 +111,15 @@ class InFlight:
             async with self._redis().pipeline(transaction=False) as pipe:
                 for serve in serves:
                     pipe.hgetall(inflight_key(serve))
+                    pipe.zcard(queue_keys(serve)[2])
                 rows = await pipe.execute()
         except Exception:
             log.debug("could not read the other processes' requests in flight", exc_info=True)
             return
         now, mine = time.time(), self.field.encode()
-        self.others = {serve: live_total({f: v for f, v in fields.items() if f != mine}, now)
-                       for serve, fields in zip(serves, rows, strict=True)}
+        # A request waiting in a replica's queue (every process's) will be in flight there: it counts.
+        self.others = {serve: live_total({f: v for f, v in fields.items() if f != mine}, now) + int(waiting)
+                       for serve, fields, waiting in zip(serves, rows[::2], rows[1::2], strict=True)}
 
     @asynccontextmanager
     async def holding(self, serve: str) -> AsyncIterator[None]:

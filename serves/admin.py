@@ -81,7 +81,8 @@ class ServeAdmin(admin.ModelAdmin):
         ("What it can take", {"fields": ["modalities", "supports_tools", "thinking", "embeddings", "responses_api",
                                          "stream_verify"]}),
         ("Pool (the name clients send, and how requests wait)", {
-            "fields": ["alias", "fallback_to", "on_demand", "ttl", "target_inflight", "max_queue", "queue_timeout"]}),
+            "fields": ["alias", "fallback_to", "on_demand", "ttl", "target_inflight", "max_queue", "queue_timeout",
+                       "replicas", "replica_max"]}),
         ("Model state", {"fields": ["model_state_badge", "state_changed_at", "load_error", "last_error",
                                     "live_overrides", "vram_measured_gb", "log_tail"]}),
         ("Runtime (who starts it)", {"fields": ["runtime", "preset", "preset_args", "command", "env", "cwd",

@@ -97,6 +97,8 @@ MODEL_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     "target_inflight": ("target_inflight", (int,)),
     "max_queue": ("max_queue", (int,)),
     "queue_timeout": ("queue_timeout", (int,)),
+    "replicas": ("replicas", (int,)),
+    "replica_max": ("replica_max", (int,)),
 }
 KNOWN_KEYS = {**SEED_KEYS, **MODEL_KEYS, "up": ("", (str,))}
 REQUIRED_KEYS = ("name", "model")
@@ -112,7 +114,7 @@ MANAGED_DEFAULTS: dict[str, Any] = {
     "runtime": "", "preset": Preset.CUSTOM, "preset_args": {}, "command": [], "env": {}, "cwd": "", "library_path": "",
     "ready_timeout": 600, "stop_timeout": 30, "drain_timeout": 30, "load_constraints": {}, "vram_gb": None,
     "alias": "", "fallback_to": [], "on_demand": False, "ttl": None, "target_inflight": None, "max_queue": 100,
-    "queue_timeout": 120,
+    "queue_timeout": 120, "replicas": 0, "replica_max": 1,
 }
 DIALECT_OF_ENGINE = {Engine.ANTHROPIC: Dialect.ANTHROPIC}
 
@@ -317,7 +319,7 @@ EXPORT_ORDER = ["name", "tier", "engine", "dialect", "container", "port", "base_
                 "stream_verify", "api_key_env", "queue", "enabled", "trusted_command", "runtime", "preset",
                 "preset_args", "command", "env", "cwd", "library_path", "ready_timeout", "stop_timeout",
                 "drain_timeout", "load_constraints", "vram_gb", "alias", "fallback_to", "on_demand", "ttl",
-                "target_inflight", "max_queue", "queue_timeout"]
+                "target_inflight", "max_queue", "queue_timeout", "replicas", "replica_max"]
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 

@@ -227,6 +227,13 @@ class Serve(models.Model):
     max_queue = models.PositiveIntegerField(default=100, help_text="Requests that may wait for it; more get a 429.")
     queue_timeout = models.PositiveIntegerField(default=120,
                                                 help_text="Seconds a request may wait for it (a load included).")
+    # A model's bounds, read across its serves (the largest value wins): serves/replicas.py.
+    replicas = models.PositiveSmallIntegerField(
+        default=0, help_text="Keep at least this many of this model's serves loaded (its on-demand ones are "
+        "loaded to reach it; ttl never unloads below it).")
+    replica_max = models.PositiveSmallIntegerField(
+        default=1, help_text="Load up to this many of this model's serves at once when its queue stays deep "
+        "(its on-demand ones, where they fit without evicting another model).")
 
     # Where the model is (model state), written by loads, unloads and the process watch.
     model_state = models.CharField(max_length=16, choices=ModelState.choices, default=ModelState.UNLOADED,
@@ -366,6 +373,8 @@ class Serve(models.Model):
             errors["ttl"] = "ttl is at least 1 second (blank: stays loaded)."
         if self.target_inflight == 0:
             errors["target_inflight"] = "target_inflight is at least 1 (blank: no limit)."
+        if self.replica_max == 0:
+            errors["replica_max"] = "replica_max is at least 1 (1: no extra replicas)."
         if self.on_demand and self.run_by == Runtime.REMOTE:
             errors["on_demand"] = "Only a serve Anvil runs (process or compose) can be loaded on demand."
         modalities_problem = _modalities_problem(self.modalities)

@@ -61,11 +61,13 @@ def serve_unload(serve_id: int, requested_by: str) -> dict[str, object]:
 @shared_task(name="serves.watch", time_limit=60, soft_time_limit=50)
 def watch_serves() -> int:
     """Every few seconds under beat: a loaded serve whose process died is failed with its log's tail; a serve
-    idle past its ttl is unloaded."""
-    from serves.idle import unload_idle  # serves.operations imports this module: import at call time
+    idle past its ttl is unloaded; a model's replicas are loaded up to what its queue and bounds call for."""
+    # serves.operations imports this module: import at call time
+    from serves.idle import unload_idle
+    from serves.replicas import scale_replicas
 
     noticed = watch()
-    return noticed + len(unload_idle())
+    return noticed + len(unload_idle()) + len(scale_replicas())
 
 
 _TASKS = {"up": serve_up, "down": serve_down, "status": serve_status, "unload": serve_unload}
