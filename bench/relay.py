@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,7 @@ from tests.support.processes import free_port, running  # noqa: E402
 LITELLM_SPEC = "litellm[proxy]==1.106.2"
 DELTAS, DELAY_MS = 64, 20
 MESSAGES = [{"role": "user", "content": "Say something."}]
+LIMITED = "ANVIL, key with limits"  # the same Anvil, a key with rpm, tpm and max_concurrent: compared, not reported
 
 
 @dataclass
@@ -119,6 +121,10 @@ def stack(work: Path, with_litellm: bool):
         subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, timeout=300)
         key = subprocess.run([*manage, "apikey", "create", "bench"], env=env, check=True, timeout=60,
                              capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        # Every rate limit on, none ever reached: what the limiter costs a request that passes it.
+        limited = subprocess.run([*manage, "apikey", "create", "bench-limited", "--rpm", "1000000000", "--tpm",
+                                  "1000000000", "--max-concurrent", "100000"], env=env, check=True, timeout=60,
+                                 capture_output=True, text=True).stdout.strip().splitlines()[-1]
         manifest = work / "serves.toml"
         # "fast" is measured (allow, below); "fresh" is what a new install has (no profile row: the
         # default allow-with-verify, streamed under the prefix rule); "prefixed" is allowed but set to
@@ -144,6 +150,8 @@ def stack(work: Path, with_litellm: bool):
         wait_http(f"http://127.0.0.1:{anvil_port}/readyz", 60, anvil, work / "anvil.log")
         targets.append(Target("ANVIL", f"http://127.0.0.1:{anvil_port}/v1", "fast",
                               {"authorization": f"Bearer {key}"}, anvil.pid))
+        targets.append(Target(LIMITED, f"http://127.0.0.1:{anvil_port}/v1", "fast",
+                              {"authorization": f"Bearer {limited}"}, anvil.pid))
 
         if with_litellm:
             python = litellm_python()
@@ -340,6 +348,40 @@ def report(results: dict[str, Results], args: argparse.Namespace) -> str:
     return "\n".join([f"machine: {machine}", f"run: {params}", *base, *rss, "", *lines])
 
 
+async def limiter_cost(plain: Target, limited: Target, count: int, rps_seconds: float) -> dict[str, float]:
+    """The same Anvil through a key without limits and one with every limit on, interleaved request by request
+    (c=1, non-streaming), then the closed-loop rate of each, twice in alternation."""
+    times: dict[str, list[float]] = {plain.name: [], limited.name: []}
+    rates: dict[str, list[float]] = {plain.name: [], limited.name: []}
+    connector = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+        for target in (plain, limited):
+            await latencies(session, target, 200, 10)  # warm up
+        for _ in range(count):
+            for target in (plain, limited):
+                times[target.name].append(await one_whole(session, target))
+        for _ in range(2):
+            for target in (plain, limited):
+                rates[target.name].append(await sustained_rps(session, target, rps_seconds, 32))
+    return {"p50_off": pct(times[plain.name], 50) * 1000, "p50_on": pct(times[limited.name], 50) * 1000,
+            "p99_off": pct(times[plain.name], 99) * 1000, "p99_on": pct(times[limited.name], 99) * 1000,
+            "rps_off": statistics.mean(rates[plain.name]), "rps_on": statistics.mean(rates[limited.name])}
+
+
+def limiter_report(cost: dict[str, float], count: int) -> str:
+    added = cost["p50_on"] - cost["p50_off"]
+    ratio = cost["rps_on"] / cost["rps_off"]
+    return "\n".join([
+        "", f"key limits (rpm, tpm and max_concurrent on, never reached), {count} requests each, interleaved, c=1:",
+        "| metric | limits off | limits on | change | goal |", "|---|---|---|---|---|",
+        f"| latency p50, c=1 | {cost['p50_off']:.2f} ms | {cost['p50_on']:.2f} ms | {added:+.2f} ms | "
+        f"<= 0.1 ms: **{'met' if added <= 0.1 else 'not met'}** |",
+        f"| latency p99, c=1 | {cost['p99_off']:.2f} ms | {cost['p99_on']:.2f} ms | "
+        f"{cost['p99_on'] - cost['p99_off']:+.2f} ms | |",
+        f"| requests/s, c=32 | {cost['rps_off']:.0f} | {cost['rps_on']:.0f} | {ratio:.3f}x | "
+        f">= 0.9x: **{'met' if ratio >= 0.9 else 'not met'}** |"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=1000)
@@ -347,18 +389,26 @@ def main() -> None:
     parser.add_argument("--rps-seconds", type=float, default=10)
     parser.add_argument("--rss-requests", type=int, default=10_000)
     parser.add_argument("--no-litellm", action="store_true")
+    parser.add_argument("--limits-only", action="store_true", help="only the key limits' cost (limits off vs on)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
         args.requests, args.streams, args.rps_seconds, args.rss_requests = 200, 10, 3, 2000
     work = Path(tempfile.mkdtemp(prefix="anvil-bench-"))
     try:
-        with stack(work, not args.no_litellm) as targets:
+        with stack(work, not args.no_litellm and not args.limits_only) as targets:
+            by_name = {target.name: target for target in targets}
             results = {}
             for target in targets:
+                if target.name == LIMITED or args.limits_only:
+                    continue
                 print(f"measuring {target.name} …", file=sys.stderr)
                 results[target.name] = asyncio.run(measure(target, args))
-        print(report(results, args))
+            print("measuring the key limits' cost …", file=sys.stderr)
+            cost = asyncio.run(limiter_cost(by_name["ANVIL"], by_name[LIMITED], args.requests, args.rps_seconds))
+        if results:
+            print(report(results, args))
+        print(limiter_report(cost, args.requests))
     except BaseException:
         print(f"logs kept in {work}", file=sys.stderr)
         raise

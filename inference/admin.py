@@ -19,16 +19,18 @@ class ScopesField(forms.MultipleChoiceField):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["name", "prefix", "scopes", "created_at", "last_used_at", "revoked_at"]
+    list_display = ["name", "prefix", "scopes", "reach", "allow_remote", "rpm", "tpm", "max_concurrent", "created_at",
+                    "last_used_at", "revoked_at"]
     list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "prefix"]
     readonly_fields = ["prefix", "created_at", "last_used_at", "revoked_at"]
     actions = ["revoke_selected"]
 
     def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
+        editable = ["name", "scopes", "reach", "allow_remote", "rpm", "tpm", "max_concurrent", "weight", "max_queued"]
         if obj is None:
-            return ["name", "scopes", "weight", "max_queued"]
-        return ["name", "scopes", "weight", "max_queued", "prefix", "created_at", "last_used_at", "revoked_at"]
+            return editable
+        return [*editable, "prefix", "created_at", "last_used_at", "revoked_at"]
 
     def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
         if db_field.name == "scopes":  # checkboxes, not a JSON text box

@@ -50,6 +50,16 @@ class Principal:
     scopes: frozenset[str] = frozenset({"inference"})
     weight: float = 1.0  # share of a busy serve's slot-time (docs/pool.md: fairness)
     max_queued: int | None = None  # its requests waiting at once, across serves
+    reach: tuple[str, ...] = ()  # glob patterns of the models, serves and tiers it may use; () is all
+    allow_remote: bool = True  # may it reach the metered tiers
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrent: int | None = None
+
+    @property
+    def limited(self) -> bool:
+        """Whether its requests pass the rate limiter (``inference/key_limits.py``); a key without pays nothing."""
+        return self.rpm is not None or self.tpm is not None or self.max_concurrent is not None
 
 
 @dataclass(frozen=True)
@@ -73,13 +83,15 @@ def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     return bearer
 
 
+def principal_of(row: ApiKey) -> Principal:
+    return Principal(row.pk, row.name, row.prefix, frozenset(row.scopes or ()), weight=row.weight,
+                     max_queued=row.max_queued, reach=tuple(p.strip() for p in row.reach or ()),
+                     allow_remote=row.allow_remote, rpm=row.rpm, tpm=row.tpm, max_concurrent=row.max_concurrent)
+
+
 def _load_active_keys() -> dict[str, _CachedKey]:
-    return {
-        row.prefix: _CachedKey(Principal(row.pk, row.name, row.prefix, frozenset(row.scopes or ()),
-                                         weight=row.weight, max_queued=row.max_queued), row.secret_hash)
-        for row in ApiKey.objects.filter(revoked_at__isnull=True).only("pk", "name", "prefix", "secret_hash",
-                                                                        "scopes", "weight", "max_queued")
-    }
+    return {row.prefix: _CachedKey(principal_of(row), row.secret_hash)
+            for row in ApiKey.objects.filter(revoked_at__isnull=True)}
 
 
 class KeyCache:

@@ -19,6 +19,7 @@ from typing import Any
 
 from django.conf import settings
 
+from inference.key_reach import REQUEST_FLAG
 from inference.upstream_client import UpstreamRequest
 from inference.wire import Dialect, anthropic_client, openai_client, reasoning, responses
 from serves.catalog import ServeView
@@ -83,6 +84,7 @@ class Exchange:
         if self.passthrough:
             body = dict(self.body)
             body["model"] = served
+            body.pop(REQUEST_FLAG, None)  # Anvil's own gate (llm-pool's field), not the engine's
         elif self.endpoint == "responses":
             body = responses.request_to_chat(self.body, served)
             ask = responses.reasoning_ask(self.body)

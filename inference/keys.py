@@ -13,7 +13,9 @@ import hashlib
 import secrets
 import string
 from dataclasses import dataclass
+from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -67,18 +69,27 @@ def assign_new_secret(key: ApiKey) -> str:
     return secret
 
 
-def create_key(name: str, scopes: list[str] | None = None, *, weight: float = 1.0,
-               max_queued: int | None = None) -> MintedKey:
-    """Mint a key named ``name`` (``scopes``: default inference; ``weight``, ``max_queued``: its fair share
-    in the serves' queues); the returned secret is the only copy."""
+KEY_SETTINGS = ("weight", "max_queued", "reach", "allow_remote", "rpm", "tpm", "max_concurrent")
+
+
+def create_key(name: str, scopes: list[str] | None = None, **settings: Any) -> MintedKey:
+    """Mint a key named ``name`` (``scopes``: default inference; ``settings``: any of ``KEY_SETTINGS``, its
+    fair share in the serves' queues, reach and rate limits); the returned secret is the only copy."""
     if ApiKey.objects.filter(name=name).exists():
         raise KeyNameTaken(f"An API key named {name!r} already exists.")
     chosen = sorted(set(scopes)) if scopes else default_scopes()
     unknown = sorted(set(chosen) - set(Scope.values))
     if unknown:
         raise ApiKeyError(f"Unknown scope {', '.join(unknown)}; the scopes are {', '.join(Scope.values)}.")
+    if set(settings) - set(KEY_SETTINGS):
+        raise TypeError(f"unknown key settings: {sorted(set(settings) - set(KEY_SETTINGS))}")
     for _attempt in range(5):
-        key = ApiKey(name=name, scopes=chosen, weight=weight, max_queued=max_queued)
+        key = ApiKey(name=name, scopes=chosen, **settings)
+        try:
+            key.full_clean(exclude=["prefix", "secret_hash"], validate_unique=False)
+        except ValidationError as exc:
+            raise ApiKeyError("; ".join(f"{field}: {' '.join(problems)}"
+                                        for field, problems in exc.message_dict.items())) from None
         secret = assign_new_secret(key)
         try:
             with transaction.atomic():

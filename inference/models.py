@@ -22,6 +22,11 @@ def validate_scopes(value: object) -> None:
         raise ValidationError(f"scopes is a non-empty list of: {', '.join(Scope.values)}.")
 
 
+def validate_reach(value: object) -> None:
+    if not isinstance(value, list) or not all(isinstance(item, str) and item.strip() for item in value):
+        raise ValidationError('reach is a list of glob patterns, e.g. ["qwen*", "tier:fast"].')
+
+
 class ApiKey(models.Model):
     """A key that clients present to the front door.
 
@@ -47,6 +52,18 @@ class ApiKey(models.Model):
     max_queued = models.PositiveIntegerField(null=True, blank=True,
                                              help_text="Requests of this key that may wait at once; more get a 429.")
 
+    # Reach and rate limits (docs/keys.md): what the key may use, and how fast, shared by every web process.
+    reach = models.JSONField(default=list, blank=True, validators=[validate_reach],
+                             help_text='Glob patterns of the models, serves and tiers (as "tier:NAME") it may use, '
+                             'e.g. ["qwen*", "tier:fast"]. Empty: all.')
+    allow_remote = models.BooleanField(default=True, help_text="May it reach the metered tiers (ANVIL_METERED_TIERS) "
+                                       "at all? A request's allow_remote narrows it, never widens.")
+    rpm = models.PositiveIntegerField(null=True, blank=True, help_text="Requests per minute (blank: no limit).")
+    tpm = models.PositiveIntegerField(null=True, blank=True,
+                                      help_text="Tokens per minute, prompt and completion (blank: no limit).")
+    max_concurrent = models.PositiveIntegerField(null=True, blank=True,
+                                                 help_text="Requests at once, across web processes (blank: no limit).")
+
     class Meta:
         ordering = ["name"]
         verbose_name = "API key"
@@ -55,8 +72,14 @@ class ApiKey(models.Model):
         return f"{self.name} ({self.prefix}…)"
 
     def clean(self) -> None:
+        errors = {}
         if not self.weight > 0 or self.weight > 1000:
-            raise ValidationError({"weight": "weight is a positive number, at most 1000."})
+            errors["weight"] = "weight is a positive number, at most 1000."
+        for name in ("rpm", "tpm", "max_concurrent"):
+            if getattr(self, name) == 0:
+                errors[name] = f"{name} is at least 1 (blank: no limit)."
+        if errors:
+            raise ValidationError(errors)
 
     @property
     def is_revoked(self) -> bool:

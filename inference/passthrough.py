@@ -32,8 +32,10 @@ from inference.errors import (
     error_body,
 )
 from inference.exchange import upstream_request_id
+from inference.key_limits import limited
+from inference.key_reach import reach_of, within
 from inference.pool_wait import Reach, reaching
-from inference.serving import DecisionRecordDraft, make_decision, not_loaded, refusal
+from inference.serving import DecisionRecordDraft, make_decision, not_loaded, raise_if_out_of_reach, refusal
 from inference.upstream_client import UpstreamError, UpstreamRequest, UpstreamTimedOut, open_upstream
 from inference.wire import Dialect, anthropic_client
 from routing import web_state
@@ -178,7 +180,8 @@ def path_refusal(decision: Decision, path: str) -> FrontDoorError:
 
 
 async def _served(sink: ResponseSink, decision: Decision, record: DecisionRecordDraft, principal: Principal | None,
-                  started: float, go: Callable[[], Any], refuse: Callable[[Decision], FrontDoorError]) -> None:
+                  started: float, go: Callable[[], Any], refuse: Callable[[Decision], FrontDoorError],
+                  body: dict[str, Any] | None) -> None:
     """Run ``go`` (the relay) under admission, recording the outcome whatever it is."""
     record.decided(decision)
     sink.tags[b"x-anvil-decision"] = record.id.encode()
@@ -187,8 +190,13 @@ async def _served(sink: ResponseSink, decision: Decision, record: DecisionRecord
     try:
         if not decision.candidates:
             raise refuse(decision)
-        with ADMISSION.admit(principal.key_id if principal else None):
-            await go()
+        async with limited(principal, body, sink.tags, default_cap=0) as ticket:
+            try:
+                with ADMISSION.admit(principal.key_id if principal else None):
+                    await go()
+            finally:
+                if ticket is not None:
+                    ticket.settle(record.prompt_tokens, record.completion_tokens, served=bool(record.served_by))
     except FrontDoorError as error:
         record.outcome, record.status = "error", error.status_code
         raise
@@ -202,11 +210,16 @@ async def serve_path(sink: ResponseSink, path: str, method: str, body: dict[str,
     """Relay one request on a ``PATHS`` route; ``body`` (without ``model`` for the HRM routes) goes as is."""
     started = time.perf_counter()
     route = PATHS[path]
-    serves = await current_serves()
+    reach = reach_of(principal, body or {})
+    every = await current_serves()
+    serves, refused = within(every, reach)
     decision = decide_for_path(model, serves, route.why_not, route.work_class, web_state.policy_config())
     if decision.unknown_model:
-        decision = decide_for_path(model, await current_serves(force=True), route.why_not, route.work_class,
-                                   web_state.policy_config())
+        every = await current_serves(force=True)
+        serves, refused = within(every, reach)
+        decision = decide_for_path(model, serves, route.why_not, route.work_class, web_state.policy_config())
+        if decision.unknown_model and refused and model:
+            raise_if_out_of_reach(model, every, refused)
     record = DecisionRecordDraft(str(uuid.uuid4()), request_id, path.rsplit("/", 1)[-1],
                                  api_key=f"{principal.name} ({principal.prefix})" if principal else "")
 
@@ -221,7 +234,7 @@ async def serve_path(sink: ResponseSink, path: str, method: str, body: dict[str,
                                _headers(serve, request_id), method=method)
 
     await _served(sink, decision, record, principal, started, lambda: _relay(sink, decision, record, principal, build),
-                  lambda refused: path_refusal(refused, path))
+                  lambda refused: path_refusal(refused, path), body)
 
 
 async def count_tokens(sink: ResponseSink, body: dict[str, Any], principal: Principal | None,
@@ -232,7 +245,7 @@ async def count_tokens(sink: ResponseSink, body: dict[str, Any], principal: Prin
     chat template and tokenizer (``/tokenize`` with ``messages``); any other serve cannot count.
     """
     started = time.perf_counter()
-    decision = await make_decision({**body, "max_tokens": 1}, frozenset({"openai", "anthropic"}))
+    decision = await make_decision({**body, "max_tokens": 1}, frozenset({"openai", "anthropic"}), principal)
     record = DecisionRecordDraft(str(uuid.uuid4()), request_id, "count-tokens",
                                  api_key=f"{principal.name} ({principal.prefix})" if principal else "")
     if decision.candidates:
@@ -279,4 +292,4 @@ async def count_tokens(sink: ResponseSink, body: dict[str, Any], principal: Prin
     known = ", ".join(s.name for s in serves) or "none"
     await _served(sink, decision, record, principal, started,
                   lambda: _relay(sink, decision, record, principal, build, answer),
-                  lambda refused: refusal(refused, known))
+                  lambda refused: refusal(refused, known), body)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from django.conf import settings
@@ -27,17 +27,21 @@ from inference.errors import (
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
+    PermissionDenied,
     Unavailable,
     UpstreamFailed,
 )
 from inference.exchange import Exchange
 from inference.inflight import in_flight
+from inference.key_limits import limited
+from inference.key_reach import reach_of, within
 from inference.pool_wait import Reach, reaching
 from inference.wire import Dialect, DialectError
 from routing import web_state
 from routing.breaker import SKIP
 from routing.decide import AUTO_MODELS, PRESETS, Decision, decide
 from routing.decision_log import DECISION_LOG
+from routing.model_names import replicas_of
 from routing.policy import Candidate
 from routing.profile import VERIFY
 from serves import model_states
@@ -120,19 +124,37 @@ def _loads(body: dict[str, Any], serves: tuple[ServeView, ...]) -> dict[str, int
     return in_flight().loads(replicated) if replicated else None
 
 
-async def make_decision(body: dict[str, Any], dialects: frozenset[str]) -> Decision:
-    serves = await current_serves()
+async def make_decision(body: dict[str, Any], dialects: frozenset[str], principal: Principal | None = None
+                        ) -> Decision:
+    """Routing's decision over the serves the key may use (``inference/key_reach.py``)."""
+    reach = reach_of(principal, body)
+    every = await current_serves()
+    serves, refused = within(every, reach)
     profile, rules = await web_state.PROFILE.get(), await web_state.RULES.get()
     decision = decide(body, serves, profile, rules, web_state.policy_config(), dialects=dialects,
                       loads=_loads(body, serves))
     if decision.unknown_model:  # perhaps a serve added a moment ago: look again before a 404
-        serves = await current_serves(force=True)
+        every = await current_serves(force=True)
+        serves, refused = within(every, reach)
         decision = decide(body, serves, profile, rules, web_state.policy_config(), dialects=dialects)
     elif decision.not_loaded and await model_states.mirror().catch_up():
         # Perhaps loaded a moment ago: the background check runs every half second, a 503 costs a retry.
-        decision = decide(body, await current_serves(), profile, rules, web_state.policy_config(),
-                          dialects=dialects)
+        serves, refused = within(await current_serves(), reach)
+        decision = decide(body, serves, profile, rules, web_state.policy_config(), dialects=dialects)
+    if decision.unknown_model and refused:
+        raise_if_out_of_reach(decision.requested_model, every, refused)
+    if refused and not decision.named:  # auto and presets: say which serves the key could not use
+        decision = replace(decision, excluded=(*decision.excluded, *refused.items()))
     return decision
+
+
+def raise_if_out_of_reach(name: str, every: tuple[ServeView, ...], refused: dict[str, str]) -> None:
+    """A model that exists but that the key may not use: 403 ``model_not_allowed`` (not a 404)."""
+    replicas = replicas_of(name, every)
+    if replicas and all(serve.name in refused for serve in replicas):
+        raise PermissionDenied(f"This API key may not use the model {name!r}: {refused[replicas[0].name]}. "
+                               "An operator can widen the key's reach (manage.py apikey, or the admin).",
+                               param="model", code="model_not_allowed")
 
 
 def refusal(decision: Decision, serves_known: str, *, circuits_open: tuple[str, ...] = ()) -> FrontDoorError:
@@ -213,7 +235,7 @@ def commit_rule(candidate: Candidate, stream: bool) -> tuple[CommitRule, bool]:
 async def serve_request(sink: ResponseSink, request: RelayRequest) -> None:
     """Answer ``request`` through ``sink``; a FrontDoorError means nothing was sent yet."""
     started = request.started
-    decision = await make_decision(request.body, request.upstream_dialects)
+    decision = await make_decision(request.body, request.upstream_dialects, request.principal)
     sink.timing["decide"] = (time.perf_counter() - started) * 1000
     principal = request.principal
     record = DecisionRecordDraft(str(uuid.uuid4()), request.request_id, request.endpoint,
@@ -225,9 +247,14 @@ async def serve_request(sink: ResponseSink, request: RelayRequest) -> None:
         if not decision.candidates:
             serves = await current_serves()
             raise refusal(decision, ", ".join(s.name for s in serves) or "none")
-        with ADMISSION.admit(principal.key_id if principal else None):
-            final = await _attempts(sink, request, decision, record)
-        record.answered(final, started)
+        async with limited(principal, request.body, sink.tags) as ticket:
+            try:
+                with ADMISSION.admit(principal.key_id if principal else None):
+                    final = await _attempts(sink, request, decision, record)
+                record.answered(final, started)
+            finally:
+                if ticket is not None:
+                    ticket.settle(record.prompt_tokens, record.completion_tokens, served=bool(record.served_by))
     except FrontDoorError as error:
         record.outcome, record.status = "error", error.status_code
         raise

@@ -13,6 +13,8 @@ from typing import Any
 from inference.auth import Principal
 from inference.consumers.base import FrontDoorConsumer
 from inference.errors import NotFound
+from inference.key_reach import reach_of, within
+from inference.serving import raise_if_out_of_reach
 from serves.catalog import ServeView, current_serves
 
 MODELS_PATH = "/v1/models"
@@ -55,7 +57,9 @@ class ModelsConsumer(FrontDoorConsumer):
 
     async def respond(self, body: bytes, principal: Principal | None) -> None:
         model_id = self.scope["path"][len(MODELS_PATH):].strip("/")
-        serves = await current_serves()
+        reach = reach_of(principal, {})
+        every = await current_serves()
+        serves, refused = within(every, reach)  # a key lists only what it may use
         if not model_id:
             every = b"all=true" in self.scope.get("query_string", b"").lower()
             listed = [model_object(serve) for serve in serves if every or serve.loaded]
@@ -63,7 +67,11 @@ class ModelsConsumer(FrontDoorConsumer):
             return
         serve = find(serves, model_id)
         if serve is None:  # perhaps a serve added a moment ago: look again before a 404
-            serve = find(await current_serves(force=True), model_id)
+            every = await current_serves(force=True)
+            serves, refused = within(every, reach)
+            serve = find(serves, model_id)
+        if serve is None and refused:
+            raise_if_out_of_reach(model_id, every, refused)
         if serve is None:
             raise NotFound(f"The model {model_id!r} does not exist.", param="model", code="model_not_found")
         await self.send_json(200, model_object(serve))

@@ -68,7 +68,7 @@ class RouteConsumer(FrontDoorConsumer):
     async def respond(self, raw: bytes, principal: Principal | None) -> None:
         body = parse_json_object(raw)
         validate_route(body)
-        decision = await make_decision(body, frozenset({"openai", "anthropic"}))
+        decision = await make_decision(body, frozenset({"openai", "anthropic"}), principal)
         payload = decision.explain()
         payload.update(unknown_model=decision.unknown_model, too_large=decision.too_large)
         first = decision.candidates[0].serve if decision.candidates else None

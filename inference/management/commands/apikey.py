@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.text import slugify
 
-from inference.keys import ApiKeyError, create_key, revoke_key
+from inference.keys import KEY_SETTINGS, ApiKeyError, create_key, revoke_key
 from inference.models import ApiKey, Scope
 
 
@@ -24,6 +24,15 @@ class Command(BaseCommand):
                             help="Its share of a busy serve's slot-time against other keys (default 1).")
         create.add_argument("--max-queued", type=int, default=None,
                             help="Its requests that may wait in the serves' queues at once (default: no own cap).")
+        create.add_argument("--models", action="append", dest="reach", default=[], metavar="GLOB",
+                            help='What it may use (repeatable): a glob over model ids and serve names, or '
+                            '"tier:NAME" (default: everything).')
+        create.add_argument("--no-remote", action="store_false", dest="allow_remote",
+                            help="Never reach the metered tiers (ANVIL_METERED_TIERS), whatever a request asks.")
+        create.add_argument("--rpm", type=int, default=None, help="Requests per minute (default: no limit).")
+        create.add_argument("--tpm", type=int, default=None, help="Tokens per minute (default: no limit).")
+        create.add_argument("--max-concurrent", type=int, default=None,
+                            help="Requests at once, across web processes (default: no limit).")
         sub.add_parser("list", help="List keys (prefixes only; secrets are never stored).")
         revoke = sub.add_parser("revoke", help="Revoke a key; it stops working within a second.")
         revoke.add_argument("name")
@@ -32,7 +41,8 @@ class Command(BaseCommand):
         action = options["action"]
         try:
             if action == "create":
-                self._create(options["name"], options["scopes"], options["weight"], options["max_queued"])
+                self._create(options["name"], options["scopes"],
+                             {name: options[name] for name in KEY_SETTINGS if name in options})
             elif action == "list":
                 self._list()
             else:
@@ -41,14 +51,13 @@ class Command(BaseCommand):
         except ApiKeyError as exc:
             raise CommandError(str(exc)) from None
 
-    def _create(self, name: str, scopes: list[str] | None, weight: float, max_queued: int | None) -> None:
+    def _create(self, name: str, scopes: list[str] | None, settings: dict[str, Any]) -> None:
         if slugify(name) != name:
             raise CommandError(f"Key names are slugs (letters, digits, - and _); try {slugify(name)!r}.")
-        if not 0 < weight <= 1000:
-            raise CommandError("--weight is a positive number, at most 1000.")
-        if max_queued is not None and max_queued < 1:
-            raise CommandError("--max-queued is at least 1.")
-        minted = create_key(name, scopes, weight=weight, max_queued=max_queued)
+        for option in ("max_queued", "rpm", "tpm", "max_concurrent"):
+            if settings.get(option) is not None and settings[option] < 1:
+                raise CommandError(f"--{option.replace('_', '-')} is at least 1.")
+        minted = create_key(name, scopes, **settings)
         self.stderr.write(
             f"Created API key {minted.key.name} ({minted.key.prefix}…, scopes {', '.join(minted.key.scopes)}). "
             "Copy the secret below now: Anvil keeps only its hash."
@@ -56,13 +65,16 @@ class Command(BaseCommand):
         self.stdout.write(minted.secret)
 
     def _list(self) -> None:
-        rows = [("NAME", "PREFIX", "SCOPES", "CREATED", "LAST USED", "STATE")]
+        rows = [("NAME", "PREFIX", "SCOPES", "REACH", "LIMITS", "CREATED", "LAST USED", "STATE")]
         for key in ApiKey.objects.order_by("name"):
             rows.append(
                 (
                     key.name,
                     key.prefix,
                     ",".join(key.scopes),
+                    (",".join(key.reach) or "all") + ("" if key.allow_remote else " (no remote)"),
+                    ", ".join(f"{name} {getattr(key, name)}" for name in ("rpm", "tpm", "max_concurrent")
+                              if getattr(key, name) is not None) or "none",
                     f"{key.created_at:%Y-%m-%d %H:%M}",
                     f"{key.last_used_at:%Y-%m-%d %H:%M}" if key.last_used_at else "never",
                     "revoked" if key.is_revoked else "active",
