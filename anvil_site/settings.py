@@ -84,6 +84,7 @@ INSTALLED_APPS = [
     "routing",
     "inference",
     "evals",
+    "console",
 ]
 
 MIDDLEWARE = [
@@ -269,9 +270,9 @@ ANVIL_ON_DEMAND_RETRIGGER = env.env_float("ANVIL_ON_DEMAND_RETRIGGER", 2.0, mini
 # an extra replica without a ttl of its own stops after this long idle (serves/replicas.py).
 ANVIL_SCALE_AFTER = env.env_float("ANVIL_SCALE_AFTER", 2.0, minimum=0.0)
 ANVIL_REPLICA_TTL = env.env_int("ANVIL_REPLICA_TTL", 300, minimum=1)
-# A key's max_concurrent slot is a lease in Redis that expires after this long (a dead web process's
-# requests stop counting then); a request longer than this stops counting against the limit.
-ANVIL_KEY_LEASE_SECONDS = env.env_int("ANVIL_KEY_LEASE_SECONDS", 900, minimum=10)
+# A web process's max_concurrent slots are a field in Redis that expires after this long unless refreshed
+# (every 30 s while requests hold them): a dead process's slots are free again after it (docs/keys.md).
+ANVIL_KEY_LEASE_SECONDS = env.env_int("ANVIL_KEY_LEASE_SECONDS", 120, minimum=45)
 # An allow-with-verify answer is held at most this many bytes before it is verified.
 ANVIL_COMMIT_WINDOW_BYTES = env.env_int("ANVIL_COMMIT_WINDOW_BYTES", 8 * 1024 * 1024, minimum=1024)
 ANVIL_BREAKER_FAILURES = env.env_int("ANVIL_BREAKER_FAILURES", 3, minimum=1)

@@ -6,7 +6,10 @@ Shared by ``bench/pool.py`` and ``bench/pool_load.py``: what they measure is the
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -20,6 +23,36 @@ sys.path.insert(0, str(ROOT))
 from tests.support.processes import free_port, running  # noqa: E402
 
 READY_SECONDS = 60
+
+
+def stop_engines(var: Path, grace: float = 10.0) -> None:
+    """Stop every engine the stack's process runtime left running (their keepers lead process groups)."""
+    groups = []
+    for record in var.glob("serves/*/process.json"):
+        try:
+            groups.append(int(json.loads(record.read_text())["pid"]))
+        except (OSError, ValueError, KeyError):
+            continue
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while groups and time.monotonic() < deadline:
+        groups = [g for g in groups if _alive(g)]
+        time.sleep(0.1)
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass(frozen=True)
@@ -40,6 +73,7 @@ def start(work: Path, processes: ExitStack, manifest: Path, keys: dict[str, tupl
 
     var = work / "anvil-var"
     var.mkdir()
+    processes.callback(stop_engines, var)  # last out: engines outlive the worker that started them, by design
     env = {**os.environ, "ANVIL_VAR_DIR": str(var), "ANVIL_LOG_LEVEL": "WARNING", **settings}
     env.pop("DATABASE_URL", None)
     env.pop("REDIS_URL", None)

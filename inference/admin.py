@@ -8,6 +8,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
+from inference.key_budget import spent_in_period
 from inference.keys import assign_new_secret, revoke_key
 from inference.models import ApiKey, Scope, default_scopes
 
@@ -19,18 +20,28 @@ class ScopesField(forms.MultipleChoiceField):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["name", "prefix", "scopes", "reach", "allow_remote", "rpm", "tpm", "max_concurrent", "created_at",
-                    "last_used_at", "revoked_at"]
+    list_display = ["name", "prefix", "scopes", "reach", "allow_remote", "rpm", "tpm", "max_concurrent", "budget",
+                    "created_at", "last_used_at", "revoked_at"]
     list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "prefix"]
     readonly_fields = ["prefix", "created_at", "last_used_at", "revoked_at"]
     actions = ["revoke_selected"]
 
     def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
-        editable = ["name", "scopes", "reach", "allow_remote", "rpm", "tpm", "max_concurrent", "weight", "max_queued"]
+        editable = ["name", "scopes", "reach", "allow_remote", "rpm", "tpm", "max_concurrent", "budget_usd",
+                    "budget_period", "budget_alert", "weight", "max_queued"]
         if obj is None:
             return editable
         return [*editable, "prefix", "created_at", "last_used_at", "revoked_at"]
+
+    @admin.display(description="budget (this period)")
+    def budget(self, obj: ApiKey) -> str:
+        if obj.budget_usd is None:
+            return "-"
+        spent = spent_in_period(obj.pk, obj.budget_period)
+        share = 100 * spent / obj.budget_usd
+        warn = " ⚠ past the alert" if share >= obj.budget_alert else ""
+        return f"${spent:.2f} of ${obj.budget_usd:.2f}/{obj.budget_period} ({share:.0f}%){warn}"
 
     def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
         if db_field.name == "scopes":  # checkboxes, not a JSON text box

@@ -55,11 +55,15 @@ class Principal:
     rpm: int | None = None
     tpm: int | None = None
     max_concurrent: int | None = None
+    budget_usd: float | None = None  # spend allowed per budget_period ("day" or "month", UTC)
+    budget_period: str = "month"
+    budget_alert: int = 80  # percent of the budget that is logged once per period
 
     @property
     def limited(self) -> bool:
         """Whether its requests pass the rate limiter (``inference/key_limits.py``); a key without pays nothing."""
-        return self.rpm is not None or self.tpm is not None or self.max_concurrent is not None
+        return (self.rpm is not None or self.tpm is not None or self.max_concurrent is not None
+                or self.budget_usd is not None)
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,9 @@ def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
 def principal_of(row: ApiKey) -> Principal:
     return Principal(row.pk, row.name, row.prefix, frozenset(row.scopes or ()), weight=row.weight,
                      max_queued=row.max_queued, reach=tuple(p.strip() for p in row.reach or ()),
-                     allow_remote=row.allow_remote, rpm=row.rpm, tpm=row.tpm, max_concurrent=row.max_concurrent)
+                     allow_remote=row.allow_remote, rpm=row.rpm, tpm=row.tpm, max_concurrent=row.max_concurrent,
+                     budget_usd=float(row.budget_usd) if row.budget_usd is not None else None,
+                     budget_period=row.budget_period, budget_alert=row.budget_alert)
 
 
 def _load_active_keys() -> dict[str, _CachedKey]:

@@ -10,6 +10,7 @@ with the status code its SDK maps to its own exception class.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from inference.wire import Dialect
 
@@ -33,6 +34,10 @@ class FrontDoorError(Exception):
         self.param = param
         self.code = code or self.default_code
         self.headers = headers or []
+
+    def status_in(self, dialect: Dialect) -> int:
+        """The status this error answers with in ``dialect`` (the same in every dialect, unless a peer differs)."""
+        return self.status_code
 
 
 class InvalidRequest(FrontDoorError):
@@ -103,6 +108,23 @@ class RateLimited(FrontDoorError):
     openai_type = "rate_limit_error"
     anthropic_type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
+
+
+class QuotaExhausted(FrontDoorError):
+    """A key's budget is spent: OpenAI's 429 ``insufficient_quota``; on /v1/messages what Anthropic answers when a
+    spend limit is reached (400 ``invalid_request_error``). Never worth an SDK's automatic retry."""
+
+    status_code = 429
+    openai_type = "insufficient_quota"
+    anthropic_type = "invalid_request_error"
+    default_code = "insufficient_quota"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.append((b"x-should-retry", b"false"))
+
+    def status_in(self, dialect: Dialect) -> int:
+        return 400 if dialect is Dialect.ANTHROPIC else self.status_code
 
 
 class UpstreamFailed(FrontDoorError):

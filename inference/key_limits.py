@@ -1,21 +1,23 @@
-"""Per-key rate limits shared by every web process through Redis: requests per minute, tokens per minute and
-requests at once (docs/keys.md).
+"""Per-key rate limits and budgets shared by every web process through Redis: requests per minute, tokens per
+minute, requests at once, and spend per period (docs/keys.md; the budget's side: ``inference/key_budget.py``).
 
 Requests and tokens are token buckets that refill continuously (a key with ``rpm = 60`` gets one request a
-second back, and at most 60 at once after a quiet minute), as OpenAI's limits do. A request takes, in one
-Lua script (one round trip):
+second back, and at most 60 at once after a quiet minute), as OpenAI's limits do. A request takes, all or
+nothing (a refusal takes nothing):
 
 * one request from the ``rpm`` bucket;
 * its token reservation from the ``tpm`` bucket: the prompt, estimated from its characters (4 per token),
   plus the completion's ``max_tokens`` (``max_completion_tokens``, ``max_output_tokens``), else
   ``ANVIL_DEFAULT_MAX_TOKENS``; a reservation larger than the whole limit is refused outright;
-* a lease on one of ``max_concurrent`` slots (a lease expires after ``ANVIL_KEY_LEASE_SECONDS``, so a web
-  process that dies cannot hold a key's slots for good).
+* one of ``max_concurrent`` slots;
+* the worst case of its cost (its tokens at the priciest candidate's price) from the period's budget,
+  refused once the spend has reached the budget.
 
-All or nothing: a refusal takes nothing. When the request ends, a second script (off the client's time)
-returns the lease and corrects the reservation to the usage the serve reported: unused tokens go back,
-tokens past the reservation are charged (the bucket may go below zero: the next requests wait). A key
-with no limit set never reaches this module. Redis away: requests go on unlimited, said once in the log.
+It takes them from this process's grant when the grant covers it (no Redis at all), else in one round trip
+that also takes the next grant (``inference/key_grants.py``). When the request ends, its slot and the
+correction of its reservations (to the usage the serve reported: unused tokens and cost go back, usage past
+the reservation is charged) go to the grant, and from there to Redis. A key with no limit never reaches
+this module. Redis away: requests go on unlimited, said once in the log.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import json
 import logging
 import math
 import time
-import uuid
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,93 +34,41 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio
+from channels.db import database_sync_to_async
 from django.conf import settings
 
+from inference import key_budget
 from inference.auth import Principal
-from inference.errors import RateLimited
+from inference.errors import FrontDoorError, QuotaExhausted, RateLimited
+from inference.key_grants import Grant, Grants, Limits, Need
 
 log = logging.getLogger(__name__)
 
 CHARS_PER_TOKEN = 4
+LIMITS_TIMING = "limits"  # the admission's phase in Server-Timing
 WINDOW = 60.0  # seconds: limits are per minute
-
-# KEYS: requests bucket, tokens bucket, leases. ARGV: now, rpm, tpm, max_concurrent (0: none), tokens to
-# reserve, lease id, lease expiry. Returns {taken, refused limit, wait seconds, requests left, tokens left,
-# requests in flight}; numbers as strings (Lua numbers would be cut to integers).
-ADMIT = """
-local now, rpm, tpm, conc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local need = tonumber(ARGV[5])
-local function level(key, limit)
-  local row = redis.call('HMGET', key, 'level', 'at')
-  local lvl, at = tonumber(row[1]), tonumber(row[2])
-  if not lvl then return limit end
-  return math.min(limit, lvl + (now - at) * limit / 60)
-end
-local requests = rpm > 0 and level(KEYS[1], rpm) or 0
-local tokens = tpm > 0 and level(KEYS[2], tpm) or 0
-local active = 0
-if conc > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  active = redis.call('ZCARD', KEYS[3])
-end
-local function refuse(limit, wait)
-  return {0, limit, tostring(wait), tostring(requests), tostring(tokens), active}
-end
-if rpm > 0 and requests < 1 then return refuse('requests', (1 - requests) * 60 / rpm) end
-if tpm > 0 and need > tpm then return refuse('tokens_too_large', 0) end
-if tpm > 0 and tokens < need then return refuse('tokens', (need - tokens) * 60 / tpm) end
-if conc > 0 and active >= conc then return refuse('concurrent', 1) end
-if rpm > 0 then
-  requests = requests - 1
-  redis.call('HSET', KEYS[1], 'level', tostring(requests), 'at', tostring(now))
-  redis.call('EXPIRE', KEYS[1], 120)
-end
-if tpm > 0 then
-  tokens = tokens - need
-  redis.call('HSET', KEYS[2], 'level', tostring(tokens), 'at', tostring(now))
-  redis.call('EXPIRE', KEYS[2], 3600)
-end
-if conc > 0 then
-  redis.call('ZADD', KEYS[3], tonumber(ARGV[7]), ARGV[6])
-  redis.call('EXPIRE', KEYS[3], math.ceil(tonumber(ARGV[7]) - now) + 60)
-  active = active + 1
-end
-return {1, '', '0', tostring(requests), tostring(tokens), active}
-"""
-
-# KEYS: tokens bucket, leases. ARGV: now, tpm (0: none), tokens to give back (negative: to charge), lease id.
-RELEASE = """
-local now, tpm, back = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-if tpm > 0 and back ~= 0 then
-  local row = redis.call('HMGET', KEYS[1], 'level', 'at')
-  local lvl, at = tonumber(row[1]), tonumber(row[2])
-  if lvl then
-    lvl = math.min(tpm, math.min(tpm, lvl + (now - at) * tpm / 60) + back)
-    redis.call('HSET', KEYS[1], 'level', tostring(lvl), 'at', tostring(now))
-    redis.call('EXPIRE', KEYS[1], 3600)
-  end
-end
-redis.call('ZREM', KEYS[2], ARGV[4])
-return 1
-"""
-
 
 @dataclass
 class Ticket:
     """One admitted request: what it reserved, and what to correct when it ends."""
 
     principal: Principal
-    reserved: int
-    lease: str
+    reserved: int  # tokens
+    cost_reserved: float  # USD: its tokens at the priciest candidate's price
+    grant: Grant
+    limits: Limits
     used: int | None = None  # prompt + completion tokens as the serve reported them
+    cost: float | None = None  # USD at the answering serve's prices
 
-    def settle(self, prompt_tokens: int | None, completion_tokens: int | None, *, served: bool) -> None:
+    def settle(self, prompt_tokens: int | None, completion_tokens: int | None, *, served: bool,
+               cost: float | None = None) -> None:
         """What the request used: the serve's usage when it reported one; nothing when no serve answered; else
         (a stream cut short, a serve that reports no usage) the reservation stands."""
         if prompt_tokens is not None or completion_tokens is not None:
             self.used = (prompt_tokens or 0) + (completion_tokens or 0)
+            self.cost = cost
         elif not served:
-            self.used = 0
+            self.used, self.cost = 0, 0.0
 
 
 PROMPT_FIELDS = ("messages", "prompt", "input", "system", "tools", "instructions")
@@ -161,75 +110,117 @@ def rate_headers(principal: Principal, requests: float, tokens: float) -> dict[b
 
 
 class KeyLimiter:
-    """The limiter of one event loop: its Redis client and scripts."""
+    """The limiter of one event loop: admits from this process's grants, syncing with Redis when they run out."""
 
     def __init__(self) -> None:
-        self.client: redis.asyncio.Redis | None = None
-        self.admit_script: Any = None
-        self.release_script: Any = None
+        self.grants = Grants()
         self.degraded = False
+        self.alerted: set[str] = set()  # the periods already said to be past a key's alert (this process)
         self.background: set[asyncio.Task[None]] = set()
 
-    def _redis(self) -> redis.asyncio.Redis:
-        if self.client is None:
-            self.client = redis.asyncio.from_url(settings.REDIS_URL, socket_timeout=settings.ANVIL_REDIS_TIMEOUT,
-                                                 socket_connect_timeout=settings.ANVIL_REDIS_TIMEOUT)
-            self.admit_script = self.client.register_script(ADMIT)
-            self.release_script = self.client.register_script(RELEASE)
-        return self.client
-
-    @staticmethod
-    def _keys(principal: Principal) -> list[str]:
-        base = f"{settings.ANVIL_REDIS_PREFIX}:kl:{principal.key_id}"
-        return [f"{base}:requests", f"{base}:tokens", f"{base}:leases"]
-
     async def admit(self, principal: Principal, body: dict[str, Any], tags: dict[bytes, bytes],
-                    default_cap: int | None = None) -> Ticket | None:
-        """Take the request's share of the key's limits, or raise RateLimited; None when Redis is away."""
-        need = reservation(body, default_cap) if principal.tpm else 0
-        lease = uuid.uuid4().hex
-        now = time.time()
-        self._redis()
-        try:
-            taken, limit, wait, requests, tokens, active = await self.admit_script(
-                keys=self._keys(principal),
-                args=[now, principal.rpm or 0, principal.tpm or 0, principal.max_concurrent or 0, need, lease,
-                      now + settings.ANVIL_KEY_LEASE_SECONDS])
-        except redis.RedisError:
-            if not self.degraded:
-                self.degraded = True
-                log.warning("rate limits are off until Redis answers again: requests go on unlimited")
-            return None
+                    default_cap: int | None = None, price: float = 0.0) -> Ticket | None:
+        """Take the request's share of the key's limits and budget, or raise RateLimited or QuotaExhausted;
+        None when Redis is away. ``price``: USD per token at the priciest serve that may answer."""
+        budget = principal.budget_usd or 0.0
+        limits = Limits(principal.rpm or 0, principal.tpm or 0, principal.max_concurrent or 0, budget)
+        need = Need(reservation(body, default_cap) if principal.tpm or budget else 0)
+        need.cost = need.tokens * price if budget else 0.0
+        spend_key = key_budget.spent_key(principal.key_id, principal.budget_period) if budget else ""
+        grant = self.grants.grant(principal.key_id, spend_key)
+        if not grant.covers(limits, need, time.monotonic()):
+            try:
+                async with grant.lock:
+                    if not grant.covers(limits, need, time.monotonic()):  # another request may have synced
+                        return await self._admit_synced(principal, limits, need, grant, spend_key, tags)
+            except redis.RedisError:
+                if not self.degraded:
+                    self.degraded = True
+                    log.warning("rate limits and budgets are off until Redis answers again: requests go on "
+                                "unlimited")
+                return None
+        grant.take(limits, need)
+        self._headers(principal, grant, tags)
+        return Ticket(principal, need.tokens, need.cost, grant, limits)
+
+    async def _admit_synced(self, principal: Principal, limits: Limits, need: Need, grant: Grant, spend_key: str,
+                            tags: dict[bytes, bytes]) -> Ticket:
+        base = f"{settings.ANVIL_REDIS_PREFIX}:kl:{principal.key_id}"
+        lifetime = key_budget.seconds_left(principal.budget_period) + 86400
+        grant.context = ([f"{base}:requests", f"{base}:tokens", f"{base}:slots", spend_key or f"{base}:nospend"],
+                         limits, lifetime)
+        keys = grant.context[0]
+        reply = await self.grants.sync(keys, limits, grant, need, keep=False, spend_lifetime=lifetime)
+        if reply.refused == "unseeded":
+            await self._seed(principal, spend_key, lifetime)
+            reply = await self.grants.sync(keys, limits, grant, need, keep=False, spend_lifetime=lifetime)
         if self.degraded:
             self.degraded = False
-            log.warning("Redis answers again: rate limits are back on")
-        tags.update(rate_headers(principal, float(requests), float(tokens)))
-        if not taken:
-            raise refusal(principal, limit.decode() if isinstance(limit, bytes) else limit, float(wait), need,
-                          int(active))
-        return Ticket(principal, need, lease)
+            log.warning("Redis answers again: rate limits and budgets are back on")
+        self._headers(principal, grant, tags)
+        if limits.budget and reply.spent >= limits.budget * principal.budget_alert / 100:
+            self._alert(principal, reply.spent)
+        if not reply.taken:
+            raise refusal(principal, reply.refused, reply.wait, need.tokens, reply.busy, reply.spent)
+        return Ticket(principal, need.tokens, need.cost, grant, limits)
 
-    def release(self, ticket: Ticket) -> None:
-        """Return the lease and correct the reservation, in the background (never on the client's time)."""
-        back = ticket.reserved - ticket.used if ticket.used is not None and ticket.principal.tpm else 0
-        task = asyncio.get_running_loop().create_task(self._release(ticket, back))
+    async def _seed(self, principal: Principal, key: str, lifetime: int) -> None:
+        """The period's spend from the decision log, for a counter Redis does not have (first use, or lost)."""
+        spent = await database_sync_to_async(key_budget.spent_in_period)(principal.key_id, principal.budget_period)
+        await self.grants.redis().set(key, str(spent), nx=True, ex=lifetime)
+
+    @staticmethod
+    def _headers(principal: Principal, grant: Grant, tags: dict[bytes, bytes]) -> None:
+        if grant.view is not None and (principal.rpm or principal.tpm):
+            tags.update(rate_headers(principal, grant.view.requests + grant.requests,
+                                     grant.view.tokens + grant.tokens))
+
+    def _alert(self, principal: Principal, spent: float) -> None:
+        """Past the key's alert: logged once per period (across processes: a flag in Redis)."""
+        flag = key_budget.alerted_key(principal.key_id, principal.budget_period)
+        if flag in self.alerted:
+            return
+        self.alerted.add(flag)
+
+        async def say_once() -> None:
+            try:
+                lifetime = key_budget.seconds_left(principal.budget_period) + 86400
+                if await self.grants.redis().set(flag, "1", nx=True, ex=lifetime):
+                    key_budget.alert(principal.name, spent, principal.budget_usd or 0.0, principal.budget_period)
+            except redis.RedisError:
+                self.alerted.discard(flag)
+
+        task = asyncio.get_running_loop().create_task(say_once())
         self.background.add(task)
         task.add_done_callback(self.background.discard)
 
-    async def _release(self, ticket: Ticket, back: int) -> None:
-        keys = self._keys(ticket.principal)
-        try:
-            await self.release_script(keys=[keys[1], keys[2]],
-                                      args=[time.time(), ticket.principal.tpm or 0, back, ticket.lease])
-        except redis.RedisError:  # the lease expires on its own; the tokens stay charged
-            log.debug("could not release a rate-limit lease", exc_info=True)
+    def release(self, ticket: Ticket) -> None:
+        """The request ended: its slot and its corrections go back to this process's grant (to Redis in the
+        background, once the grant holds more than a chunk)."""
+        grant, limits = ticket.grant, ticket.limits
+        if limits.concurrent:
+            grant.in_use -= 1
+        if limits.tpm and ticket.used is not None:
+            grant.tokens += ticket.reserved - ticket.used
+        if limits.budget and ticket.cost is not None:
+            grant.spend += ticket.cost_reserved - ticket.cost
+        if grant.holds_extra(limits):
+            self.grants.give_back_soon(grant)
 
 
-def refusal(principal: Principal, limit: str, wait: float, need: int, active: int) -> RateLimited:
+def refusal(principal: Principal, limit: str, wait: float, need: int, active: int,
+            spent: float) -> FrontDoorError:
     retry = [(b"retry-after", str(max(math.ceil(wait), 1)).encode())]
+    if limit == "budget":
+        _, end = key_budget.period_bounds(principal.budget_period)
+        return QuotaExhausted(f"You have reached your specified API usage limits: this API key has spent "
+                              f"${spent:.4f} of its ${principal.budget_usd:.4f} {principal.budget_period}ly budget. "
+                              f"Access resumes at {end:%Y-%m-%d %H:%M} UTC, or when an operator raises the budget.")
     if limit == "requests":
         return RateLimited(f"This API key's limit of {principal.rpm} requests per minute is used up; retry in "
                            f"{wait:.1f} s.", headers=retry)
+    if limit == "unseeded":  # the period's counter vanished between seeding and reading it: rare, and brief
+        return RateLimited("This API key's budget could not be read; retry.", headers=retry)
     if limit == "tokens_too_large":
         return RateLimited(f"This request reserves {need} tokens (its prompt and max_tokens), more than this API "
                            f"key's {principal.tpm} tokens per minute: lower max_tokens or shorten the prompt.",
@@ -255,13 +246,17 @@ def limiter() -> KeyLimiter:
 
 @asynccontextmanager
 async def limited(principal: Principal | None, body: dict[str, Any] | None, tags: dict[bytes, bytes],
-                  default_cap: int | None = None) -> AsyncIterator[Ticket | None]:
-    """Hold the request's share of its key's limits (nothing at all for a key without limits).
-    ``default_cap``: the completion a request without a cap reserves (0 for paths that generate nothing)."""
+                  timing: dict[str, float], default_cap: int | None = None,
+                  price: float = 0.0) -> AsyncIterator[Ticket | None]:
+    """Hold the request's share of its key's limits and budget (nothing at all for a key without any).
+    ``default_cap``: the completion a request without a cap reserves (0 for paths that generate nothing);
+    ``price``: USD per token at the priciest serve that may answer (what the budget reserves)."""
     if principal is None or not principal.limited:
         yield None
         return
-    ticket = await limiter().admit(principal, body or {}, tags, default_cap)
+    started = time.perf_counter()
+    ticket = await limiter().admit(principal, body or {}, tags, default_cap, price)
+    timing[LIMITS_TIMING] = (time.perf_counter() - started) * 1000
     try:
         yield ticket
     finally:

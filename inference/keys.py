@@ -69,7 +69,8 @@ def assign_new_secret(key: ApiKey) -> str:
     return secret
 
 
-KEY_SETTINGS = ("weight", "max_queued", "reach", "allow_remote", "rpm", "tpm", "max_concurrent")
+KEY_SETTINGS = ("weight", "max_queued", "reach", "allow_remote", "rpm", "tpm", "max_concurrent", "budget_usd",
+                "budget_period", "budget_alert")
 
 
 def create_key(name: str, scopes: list[str] | None = None, **settings: Any) -> MintedKey:

@@ -22,6 +22,11 @@ def validate_scopes(value: object) -> None:
         raise ValidationError(f"scopes is a non-empty list of: {', '.join(Scope.values)}.")
 
 
+class BudgetPeriod(models.TextChoices):
+    DAY = "day", "day (UTC)"
+    MONTH = "month", "month (UTC)"
+
+
 def validate_reach(value: object) -> None:
     if not isinstance(value, list) or not all(isinstance(item, str) and item.strip() for item in value):
         raise ValidationError('reach is a list of glob patterns, e.g. ["qwen*", "tier:fast"].')
@@ -63,6 +68,12 @@ class ApiKey(models.Model):
                                       help_text="Tokens per minute, prompt and completion (blank: no limit).")
     max_concurrent = models.PositiveIntegerField(null=True, blank=True,
                                                  help_text="Requests at once, across web processes (blank: no limit).")
+    budget_usd = models.DecimalField(max_digits=12, decimal_places=4, null=True, blank=True,
+                                     help_text="Spend allowed per period, in USD (blank: no budget).")
+    budget_period = models.CharField(max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH,
+                                     help_text="The budget's period (calendar day or month, UTC).")
+    budget_alert = models.PositiveSmallIntegerField(default=80, help_text="Percent of the budget at which the key "
+                                                    "is flagged and a warning is logged (once per period).")
 
     class Meta:
         ordering = ["name"]
@@ -75,6 +86,10 @@ class ApiKey(models.Model):
         errors = {}
         if not self.weight > 0 or self.weight > 1000:
             errors["weight"] = "weight is a positive number, at most 1000."
+        if self.budget_usd is not None and self.budget_usd <= 0:
+            errors["budget_usd"] = "A budget is more than 0 (blank: no budget)."
+        if not 1 <= self.budget_alert <= 100:
+            errors["budget_alert"] = "budget_alert is a percentage, 1 to 100."
         for name in ("rpm", "tpm", "max_concurrent"):
             if getattr(self, name) == 0:
                 errors[name] = f"{name} is at least 1 (blank: no limit)."

@@ -35,7 +35,7 @@ from inference.exchange import upstream_request_id
 from inference.key_limits import limited
 from inference.key_reach import reach_of, within
 from inference.pool_wait import Reach, reaching
-from inference.serving import DecisionRecordDraft, make_decision, not_loaded, raise_if_out_of_reach, refusal
+from inference.serving import DecisionRecordDraft, make_decision, not_loaded, raise_if_out_of_reach, refusal, top_price
 from inference.upstream_client import UpstreamError, UpstreamRequest, UpstreamTimedOut, open_upstream
 from inference.wire import Dialect, anthropic_client
 from routing import web_state
@@ -190,13 +190,15 @@ async def _served(sink: ResponseSink, decision: Decision, record: DecisionRecord
     try:
         if not decision.candidates:
             raise refuse(decision)
-        async with limited(principal, body, sink.tags, default_cap=0) as ticket:
+        async with limited(principal, body, sink.tags, sink.timing, default_cap=0, price=top_price(decision)) as ticket:
             try:
                 with ADMISSION.admit(principal.key_id if principal else None):
                     await go()
             finally:
+                record.priced(decision)
                 if ticket is not None:
-                    ticket.settle(record.prompt_tokens, record.completion_tokens, served=bool(record.served_by))
+                    ticket.settle(record.prompt_tokens, record.completion_tokens, served=bool(record.served_by),
+                                  cost=record.spend_usd)
     except FrontDoorError as error:
         record.outcome, record.status = "error", error.status_code
         raise
@@ -221,7 +223,8 @@ async def serve_path(sink: ResponseSink, path: str, method: str, body: dict[str,
         if decision.unknown_model and refused and model:
             raise_if_out_of_reach(model, every, refused)
     record = DecisionRecordDraft(str(uuid.uuid4()), request_id, path.rsplit("/", 1)[-1],
-                                 api_key=f"{principal.name} ({principal.prefix})" if principal else "")
+                                 api_key=f"{principal.name} ({principal.prefix})" if principal else "",
+                                 key_id=principal.key_id if principal else None)
 
     def build(serve: ServeView) -> UpstreamRequest:
         sent = body
@@ -247,7 +250,8 @@ async def count_tokens(sink: ResponseSink, body: dict[str, Any], principal: Prin
     started = time.perf_counter()
     decision = await make_decision({**body, "max_tokens": 1}, frozenset({"openai", "anthropic"}), principal)
     record = DecisionRecordDraft(str(uuid.uuid4()), request_id, "count-tokens",
-                                 api_key=f"{principal.name} ({principal.prefix})" if principal else "")
+                                 api_key=f"{principal.name} ({principal.prefix})" if principal else "",
+                                 key_id=principal.key_id if principal else None)
     if decision.candidates:
         # Counted by the serve that would answer: another serve's tokenizer gives another count.
         first = decision.candidates[0]

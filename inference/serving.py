@@ -73,6 +73,14 @@ class DecisionRecordDraft:
     bytes_out: int = 0
     latency_ms: float | None = None
     ttft_ms: float | None = None
+    key_id: int | None = None
+    spend_usd: float | None = None  # the answer's usage at its serve's prices
+
+    def priced(self, decision: Decision) -> None:
+        """The spend of what was answered, at the answering serve's prices (None: no usage reported)."""
+        serve = next((c.serve for c in decision.candidates if c.serve.name == self.served_by), None)
+        if serve is not None and (self.prompt_tokens is not None or self.completion_tokens is not None):
+            self.spend_usd = round(serve.cost(self.prompt_tokens, self.completion_tokens), 8)
 
     def decided(self, decision: Decision) -> None:
         self.requested_model = decision.requested_model[:200]
@@ -146,6 +154,11 @@ async def make_decision(body: dict[str, Any], dialects: frozenset[str], principa
     if refused and not decision.named:  # auto and presets: say which serves the key could not use
         decision = replace(decision, excluded=(*decision.excluded, *refused.items()))
     return decision
+
+
+def top_price(decision: Decision) -> float:
+    """USD per token at the priciest serve that may answer: what a budget reserves for the request."""
+    return max((max(c.serve.price_input, c.serve.price_output) / 1e6 for c in decision.candidates), default=0.0)
 
 
 def raise_if_out_of_reach(name: str, every: tuple[ServeView, ...], refused: dict[str, str]) -> None:
@@ -239,7 +252,8 @@ async def serve_request(sink: ResponseSink, request: RelayRequest) -> None:
     sink.timing["decide"] = (time.perf_counter() - started) * 1000
     principal = request.principal
     record = DecisionRecordDraft(str(uuid.uuid4()), request.request_id, request.endpoint,
-                                 api_key=f"{principal.name} ({principal.prefix})" if principal else "")
+                                 api_key=f"{principal.name} ({principal.prefix})" if principal else "",
+                                 key_id=principal.key_id if principal else None)
     record.decided(decision)
     sink.tags[b"x-anvil-decision"] = record.id.encode()
     sink.tags[b"x-anvil-work-class"] = decision.work_class.encode()
@@ -247,14 +261,16 @@ async def serve_request(sink: ResponseSink, request: RelayRequest) -> None:
         if not decision.candidates:
             serves = await current_serves()
             raise refusal(decision, ", ".join(s.name for s in serves) or "none")
-        async with limited(principal, request.body, sink.tags) as ticket:
+        async with limited(principal, request.body, sink.tags, sink.timing, price=top_price(decision)) as ticket:
             try:
                 with ADMISSION.admit(principal.key_id if principal else None):
                     final = await _attempts(sink, request, decision, record)
                 record.answered(final, started)
             finally:
+                record.priced(decision)
                 if ticket is not None:
-                    ticket.settle(record.prompt_tokens, record.completion_tokens, served=bool(record.served_by))
+                    ticket.settle(record.prompt_tokens, record.completion_tokens, served=bool(record.served_by),
+                                  cost=record.spend_usd)
     except FrontDoorError as error:
         record.outcome, record.status = "error", error.status_code
         raise

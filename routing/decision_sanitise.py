@@ -108,6 +108,8 @@ def _fitter(field: models.Field[Any, Any]) -> Fitter:
         return lambda value, notes: _count(field, value, notes)
     if isinstance(field, models.FloatField):
         return lambda value, notes: _number(field, value, notes)
+    if isinstance(field, models.DecimalField):
+        return lambda value, notes: _decimal(field, value, notes)
     return lambda value, notes: clean_json(value)
 
 
@@ -138,6 +140,18 @@ def _number(field: models.Field[Any, Any], value: Any, notes: list[str]) -> floa
             return number
     notes.append(f"decision log: {field.name} was not a finite number; not stored")
     return None
+
+
+def _decimal(field: models.DecimalField[Any, Any], value: Any, notes: list[str]) -> str | None:
+    """A finite number rounded to the column's places, within its digits (as text: no binary float on the way)."""
+    number = _number(field, value, notes)
+    if number is None:
+        return None
+    limit = 10.0 ** (field.max_digits - field.decimal_places) - 1
+    if abs(number) > limit:
+        notes.append(f"decision log: {field.name} {number:.3g} is out of range; not stored")
+        return None
+    return f"{number:.{field.decimal_places}f}"
 
 
 def _timestamp(value: Any) -> str:

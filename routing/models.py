@@ -83,6 +83,7 @@ class DecisionRecord(models.Model):
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     request_id = models.CharField(max_length=80, db_index=True)
     api_key = models.CharField(max_length=100, blank=True, help_text="Key name and public prefix.")
+    key_id = models.PositiveIntegerField(null=True, blank=True, help_text="The API key's id (usage and budgets).")
     endpoint = models.CharField(max_length=32)
     requested_model = models.CharField(max_length=200, blank=True)
     work_class = models.CharField(max_length=32, blank=True)
@@ -98,9 +99,12 @@ class DecisionRecord(models.Model):
     bytes_out = models.PositiveBigIntegerField(default=0)
     latency_ms = models.FloatField(null=True)
     ttft_ms = models.FloatField(null=True)
+    spend_usd = models.DecimalField(max_digits=16, decimal_places=8, null=True,
+                                    help_text="What the answer cost at its serve's prices (USD).")
 
     class Meta:
         ordering = ["-created_at"]
+        indexes = [models.Index(fields=["key_id", "created_at"], name="decision_key_time")]
 
     def __str__(self) -> str:
         return f"{self.request_id} -> {self.served_by or self.outcome}"

@@ -83,6 +83,7 @@ class ServeAdmin(admin.ModelAdmin):
         ("Pool (the name clients send, and how requests wait)", {
             "fields": ["alias", "fallback_to", "on_demand", "ttl", "target_inflight", "max_queue", "queue_timeout",
                        "replicas", "replica_max"]}),
+        ("Price (USD per million tokens)", {"fields": ["price_input", "price_output"]}),
         ("Model state", {"fields": ["model_state_badge", "state_changed_at", "load_error", "last_error",
                                     "live_overrides", "vram_measured_gb", "log_tail"]}),
         ("Runtime (who starts it)", {"fields": ["runtime", "preset", "preset_args", "command", "env", "cwd",

@@ -50,6 +50,13 @@ class ServeView:
     target_inflight: int | None = None
     max_queue: int = 100
     queue_timeout: float = 120.0
+    # USD per million tokens (prompt, completion): what a request's spend is computed from.
+    price_input: float = 0.0
+    price_output: float = 0.0
+
+    def cost(self, prompt_tokens: int | None, completion_tokens: int | None) -> float:
+        """USD for this usage at this serve's prices."""
+        return ((prompt_tokens or 0) * self.price_input + (completion_tokens or 0) * self.price_output) / 1e6
 
     @property
     def takes_images(self) -> bool:
@@ -88,7 +95,8 @@ def _view(serve: Serve) -> ServeView:
         state_changed_at=serve.state_changed_at.timestamp() if serve.state_changed_at else 0.0,
         public_model=serve.public_model, fallback_to=tuple(serve.fallback_to or ()), on_demand=serve.on_demand,
         ttl=serve.ttl, target_inflight=serve.target_inflight, max_queue=serve.max_queue,
-        queue_timeout=float(serve.queue_timeout),
+        queue_timeout=float(serve.queue_timeout), price_input=float(serve.price_input),
+        price_output=float(serve.price_output),
     )
 
 

@@ -18,6 +18,7 @@ import json
 import re
 import tomllib
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,8 @@ MODEL_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     "queue_timeout": ("queue_timeout", (int,)),
     "replicas": ("replicas", (int,)),
     "replica_max": ("replica_max", (int,)),
+    "price_input": ("price_input", (int, float)),
+    "price_output": ("price_output", (int, float)),
 }
 KNOWN_KEYS = {**SEED_KEYS, **MODEL_KEYS, "up": ("", (str,))}
 REQUIRED_KEYS = ("name", "model")
@@ -115,7 +118,9 @@ MANAGED_DEFAULTS: dict[str, Any] = {
     "ready_timeout": 600, "stop_timeout": 30, "drain_timeout": 30, "load_constraints": {}, "vram_gb": None,
     "alias": "", "fallback_to": [], "on_demand": False, "ttl": None, "target_inflight": None, "max_queue": 100,
     "queue_timeout": 120, "replicas": 0, "replica_max": 1,
+    "price_input": 0, "price_output": 0,
 }
+PRICE_STEP = Decimal("0.000001")
 DIALECT_OF_ENGINE = {Engine.ANTHROPIC: Dialect.ANTHROPIC}
 
 
@@ -213,6 +218,8 @@ def _parse_entry(entry: dict[str, Any], label: str, manifest_dir: Path) -> dict[
             raise ManifestError("expected a list of strings", label, key)
         if key == "modalities":  # the model's order, so a reordered list is no change (clean() checks the values)
             value = sorted(value, key=lambda m: MODALITIES.index(m) if m in MODALITIES else len(MODALITIES))
+        if key in ("price_input", "price_output"):  # money: the decimal the file says, not a binary float
+            value = Decimal(str(value)).quantize(PRICE_STEP)
         row[field_name] = str(value) if key == "gpu" else value
     # Refused before any row is touched: the variable's value would be sent upstream as a bearer token.
     key_name_problem = upstream_key_name_problem(row["api_key_env"])
@@ -319,7 +326,8 @@ EXPORT_ORDER = ["name", "tier", "engine", "dialect", "container", "port", "base_
                 "stream_verify", "api_key_env", "queue", "enabled", "trusted_command", "runtime", "preset",
                 "preset_args", "command", "env", "cwd", "library_path", "ready_timeout", "stop_timeout",
                 "drain_timeout", "load_constraints", "vram_gb", "alias", "fallback_to", "on_demand", "ttl",
-                "target_inflight", "max_queue", "queue_timeout", "replicas", "replica_max"]
+                "target_inflight", "max_queue", "queue_timeout", "replicas", "replica_max",
+                "price_input", "price_output"]
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -361,6 +369,8 @@ def _export_value(serve: Serve, key: str, manifest_dir: Path | None) -> Any:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")  # TOML reads it back as a float; the import makes it a decimal
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

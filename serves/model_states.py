@@ -42,6 +42,11 @@ def _keys() -> tuple[str, str]:
     return f"{prefix}:model-states", f"{prefix}:model-states:version"
 
 
+def changed_channel() -> str:
+    """Where a serve's name is published whenever its state changes."""
+    return f"{settings.ANVIL_REDIS_PREFIX}:model-states:changed"
+
+
 def publish(serve: str, state: str, error_code: str = "", detail: str = "", at: float | None = None) -> None:
     """Record a serve's new state for every web process (from a task or a command; synchronous)."""
     states, version = _keys()
@@ -52,6 +57,7 @@ def publish(serve: str, state: str, error_code: str = "", detail: str = "", at: 
             pipe.hset(states, serve, json.dumps({"state": state, "error_code": error_code, "detail": detail[:300],
                                                  "at": time.time() if at is None else at}))
             pipe.incr(version)
+            pipe.publish(changed_channel(), serve)  # the console's models board shows it at once
             if state == "loaded":
                 pipe.set(open_key(serve), "1")
                 pipe.publish(granted_channel(), f"{serve} *")  # its waiters look now, not at their next tick

@@ -235,6 +235,12 @@ class Serve(models.Model):
         default=1, help_text="Load up to this many of this model's serves at once when its queue stays deep "
         "(its on-demand ones, where they fit without evicting another model).")
 
+    # What a million tokens cost (USD): a remote tier's real price, a local serve's internal one (docs/keys.md).
+    price_input = models.DecimalField(max_digits=12, decimal_places=6, default=0,
+                                      help_text="USD per million prompt tokens (0: free).")
+    price_output = models.DecimalField(max_digits=12, decimal_places=6, default=0,
+                                       help_text="USD per million completion tokens (0: free).")
+
     # Where the model is (model state), written by loads, unloads and the process watch.
     model_state = models.CharField(max_length=16, choices=ModelState.choices, default=ModelState.UNLOADED,
                                    editable=False)  # only loads, unloads and the watch move it (serves/loading.py)
@@ -373,6 +379,9 @@ class Serve(models.Model):
             errors["ttl"] = "ttl is at least 1 second (blank: stays loaded)."
         if self.target_inflight == 0:
             errors["target_inflight"] = "target_inflight is at least 1 (blank: no limit)."
+        for price in ("price_input", "price_output"):
+            if getattr(self, price) is not None and getattr(self, price) < 0:
+                errors[price] = "A price is 0 or more (USD per million tokens)."
         if self.replica_max == 0:
             errors["replica_max"] = "replica_max is at least 1 (1: no extra replicas)."
         if self.on_demand and self.run_by == Runtime.REMOTE:

@@ -62,7 +62,7 @@ def describe(serve: Serve, inflight: int | None = None, queue: tuple[int, int, f
              ) -> dict[str, Any]:
     """One serve as the admin API shows it (``queue``: waiting, holding slots, last request, from its queue)."""
     if queue is None:
-        queue = _occupancy([serve.name]).get(serve.name, (0, 0, None))
+        queue = queue_occupancy([serve.name]).get(serve.name, (0, 0, None))
     waiting, holding, last = queue
     return {
         "id": serve.name, "state": serve.current_model_state, "runtime": serve.run_by.value,
@@ -85,11 +85,11 @@ def describe(serve: Serve, inflight: int | None = None, queue: tuple[int, int, f
 
 def models_report() -> list[dict[str, Any]]:
     serves = list(Serve.objects.order_by("tier", "name"))
-    queues = _occupancy([serve.name for serve in serves])
+    queues = queue_occupancy([serve.name for serve in serves])
     return [describe(serve, queue=queues.get(serve.name, (0, 0, None))) for serve in serves]
 
 
-def _occupancy(names: list[str]) -> dict[str, tuple[int, int, float | None]]:
+def queue_occupancy(names: list[str]) -> dict[str, tuple[int, int, float | None]]:
     """Each serve's queue as Redis has it; empty when Redis cannot say (the report still answers)."""
     client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=settings.ANVIL_REDIS_TIMEOUT,
                                   socket_connect_timeout=settings.ANVIL_REDIS_TIMEOUT)

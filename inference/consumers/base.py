@@ -188,7 +188,7 @@ class FrontDoorConsumer(AsyncHttpConsumer):
         headers = self.base_headers() + error.headers
         if error.status_code == 401:
             headers.append((b"www-authenticate", b'Bearer realm="anvil"'))
-        await self.send_complete(error.status_code, error_body(error, self.dialect), headers)
+        await self.send_complete(error.status_in(self.dialect), error_body(error, self.dialect), headers)
 
 
 class UnknownRouteConsumer(FrontDoorConsumer):
