@@ -6,8 +6,8 @@ from drf_spectacular.views import SpectacularAPIView
 from rest_framework.permissions import AllowAny
 from rest_framework.routers import DefaultRouter
 
-from anvil_site import views
-from inference.api import ApiKeyViewSet
+from console import views as console_views
+from inference.api import ApiKeyViewSet, UsageView
 from routing.api import DecisionViewSet
 
 admin.site.site_header = "Anvil administration"
@@ -22,10 +22,12 @@ api.register("decisions", DecisionViewSet, basename="decision")
 handler500 = "anvil_site.error_pages.server_error"
 
 urlpatterns = [
-    path("", views.console, name="console"),
+    path("", console_views.models, name="console"),
+    path("console/", include("console.urls")),
     path("console/evals/", include("evals.urls")),
     path("admin/", admin.site.urls),
     # The schema is documentation: public, so clients can generate code from it.
     path("api/schema/", SpectacularAPIView.as_view(permission_classes=[AllowAny]), name="api-schema"),
+    path("api/usage/", UsageView.as_view(), name="api-usage"),
     path("api/", include(api.urls)),
 ]
