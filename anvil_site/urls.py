@@ -6,7 +6,7 @@ from drf_spectacular.views import SpectacularAPIView
 from rest_framework.permissions import AllowAny
 from rest_framework.routers import DefaultRouter
 
-from console import views as console_views
+from console.pages import models as console_models
 from inference.api import ApiKeyViewSet, UsageView
 from routing.api import DecisionViewSet
 
@@ -22,7 +22,7 @@ api.register("decisions", DecisionViewSet, basename="decision")
 handler500 = "anvil_site.error_pages.server_error"
 
 urlpatterns = [
-    path("", console_views.models, name="console"),
+    path("", console_models.models, name="console"),
     path("console/", include("console.urls")),
     path("console/evals/", include("evals.urls")),
     path("admin/", admin.site.urls),

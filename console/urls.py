@@ -2,11 +2,14 @@ from __future__ import annotations
 
 from django.urls import path
 
-from console import views
+from console.pages import keys, models
 
 app_name = "console"
 
 urlpatterns = [
-    path("models/<str:name>/load", views.load, name="load"),
-    path("models/<str:name>/unload", views.unload, name="unload"),
+    path("models/<str:name>/load", models.load, name="load"),
+    path("models/<str:name>/unload", models.unload, name="unload"),
+    path("keys/", keys.keys, name="keys"),
+    path("keys/<str:name>/revoke", keys.revoke, name="revoke"),
+    path("keys/<str:name>/restore", keys.restore, name="restore"),
 ]

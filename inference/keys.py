@@ -117,6 +117,19 @@ def revoke_key(name: str) -> ApiKey:
     return key
 
 
+def restore_key(name: str) -> ApiKey:
+    """Undo a revocation: the key (the same secret) works again within one sync interval."""
+    with transaction.atomic():
+        try:
+            key = ApiKey.objects.select_for_update().get(name=name)
+        except ApiKey.DoesNotExist:
+            raise UnknownKey(f"No API key named {name!r}.") from None
+        if key.revoked_at is not None:
+            key.revoked_at = None
+            key.save(update_fields=["revoked_at", "updated_at"])
+    return key
+
+
 def record_use(key_ids: list[int], when: object = None) -> int:
     """Stamp ``last_used_at`` on the given keys (called in batches, off the hot path)."""
     if not key_ids:
