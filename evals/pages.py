@@ -16,8 +16,8 @@ from django.core.paginator import Page, Paginator
 from django.db.models import QuerySet
 from django.utils.safestring import SafeString
 
+from console.charts import Bin, Series, bar_chart, histogram, histogram_bins
 from evals import launch
-from evals.charts import Bin, Series, bar_chart, histogram, histogram_bins
 from evals.models import EvalResult, EvalRun, Grade, ProfilePromotion
 from evals.profile_loop import (
     CellChange,

@@ -75,6 +75,7 @@ class DecisionRecordDraft:
     ttft_ms: float | None = None
     key_id: int | None = None
     spend_usd: float | None = None  # the answer's usage at its serve's prices
+    fell_back: bool = False  # answered by a candidate other than the first (the traffic page's fallback rate)
 
     def priced(self, decision: Decision) -> None:
         """The spend of what was answered, at the answering serve's prices (None: no usage reported)."""
@@ -90,6 +91,7 @@ class DecisionRecordDraft:
 
     def answered(self, final: AttemptOutcome, started: float) -> None:
         self.served_by = final.serve if final.committed else ""
+        self.fell_back = bool(self.served_by and self.candidates and self.candidates[0]["serve"] != self.served_by)
         self.outcome, self.status = final.label, final.status
         self.prompt_tokens, self.completion_tokens = final.prompt_tokens, final.completion_tokens
         self.bytes_out = final.bytes_out

@@ -92,6 +92,7 @@ class DecisionRecord(models.Model):
     attempts = models.JSONField(default=list)
     notes = models.JSONField(default=list)
     served_by = models.CharField(max_length=64, blank=True, db_index=True)
+    fell_back = models.BooleanField(default=False, help_text="Answered by a candidate other than the first.")
     outcome = models.CharField(max_length=32, blank=True)
     status = models.PositiveIntegerField(null=True)
     prompt_tokens = models.PositiveIntegerField(null=True)

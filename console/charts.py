@@ -1,4 +1,4 @@
-"""The console's charts as inline SVG drawn on the server.
+"""The console's charts as inline SVG drawn on the server (the eval pages' and the traffic page's).
 
 No script and no CDN (an operator's browser may have no network), nothing to
 load after the page, and the same numbers always give the same bytes, which is
@@ -179,5 +179,44 @@ def histogram(title: str, bins: Sequence[Bin], *, unit: str) -> SafeString:
                      f'text-anchor="end" fill="{INK}">{escape(fmt(bins[-1].high))}</text>')
     parts.append(f'<text x="{MARGIN_LEFT + plot_w / 2:.1f}" y="{HEIGHT - 6}" font-size="11" text-anchor="middle" '
                  f'fill="{MUTED}">{escape(unit)}</text>')
+    parts.append("</svg>")
+    return mark_safe("".join(parts))  # every piece of text above went through escape()
+
+
+def line_chart(title: str, times: Sequence[str], series: Sequence[Series], *, unit: str) -> SafeString:
+    """Values over time, a line per series (a gap where a value is None), the first and last times below."""
+    highest = max((v for s in series for v in s.values if v is not None), default=0.0)
+    ticks = axis_ticks(highest)
+    plot_w = WIDTH - MARGIN_LEFT - MARGIN_RIGHT
+    plot_h = HEIGHT - MARGIN_TOP - MARGIN_BOTTOM
+    step = plot_w / max(len(times) - 1, 1)
+    parts = _frame(title, ticks, unit)
+    for number, one in enumerate(series):
+        colour = PALETTE[number % len(PALETTE)]
+        runs: list[list[str]] = [[]]
+        for index, value in enumerate(one.values):
+            if value is None:
+                runs.append([])
+                continue
+            x, y = MARGIN_LEFT + index * step, MARGIN_TOP + plot_h - value / ticks[-1] * plot_h
+            runs[-1].append(f"{x:.1f},{y:.1f}")
+            parts.append(f'<circle class="point" cx="{x:.1f}" cy="{y:.1f}" r="2" fill="{colour}" '
+                         f'data-series="{escape(one.name)}" data-time="{escape(times[index])}" data-value="{value!r}">'
+                         f"<title>{escape(times[index])} · {escape(one.name)}: {escape(fmt(value))} {escape(unit)}"
+                         "</title></circle>")
+        for run in runs:
+            if len(run) > 1:
+                parts.append(f'<polyline points="{" ".join(run)}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
+    if times:
+        parts.append(f'<text x="{MARGIN_LEFT}" y="{HEIGHT - MARGIN_BOTTOM + 16}" font-size="11" fill="{INK}">'
+                     f"{escape(times[0])}</text>")
+        parts.append(f'<text x="{WIDTH - MARGIN_RIGHT}" y="{HEIGHT - MARGIN_BOTTOM + 16}" font-size="11" '
+                     f'text-anchor="end" fill="{INK}">{escape(times[-1])}</text>')
+    if len(series) > 1:
+        x = MARGIN_LEFT
+        for number, one in enumerate(series):
+            parts.append(f'<rect x="{x}" y="25" width="10" height="10" fill="{PALETTE[number % len(PALETTE)]}"/>'
+                         f'<text x="{x + 14}" y="34" font-size="11" fill="{INK}">{escape(_label(one.name))}</text>')
+            x += 14 + 7 * len(_label(one.name)) + 16
     parts.append("</svg>")
     return mark_safe("".join(parts))  # every piece of text above went through escape()

@@ -7,7 +7,7 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from evals.charts import Series, axis_ticks, bar_chart, fmt, histogram, histogram_bins, nice_step
+from console.charts import Series, axis_ticks, bar_chart, fmt, histogram, histogram_bins, nice_step
 
 
 def test_axes_end_on_round_numbers_at_or_above_the_highest_value() -> None:
