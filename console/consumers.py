@@ -1,10 +1,12 @@
-"""The console's live views over websockets (staff only): the models board."""
+"""The console's live views over websockets (staff only, same origin): the models board, and the playground."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import uuid
+from typing import Any
 
 import redis.asyncio
 from channels.db import database_sync_to_async
@@ -12,6 +14,12 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from console.board import board
+from console.playground import SocketSink, console_principal
+from inference.errors import FrontDoorError, InvalidRequest
+from inference.passthrough import serve_path
+from inference.serving import RelayRequest, serve_request
+from inference.wire import Dialect
+from inference.wire.requests import validate_chat
 from serves.model_states import changed_channel
 
 log = logging.getLogger(__name__)
@@ -63,3 +71,53 @@ class ModelsBoardConsumer(AsyncJsonWebsocketConsumer):
         except redis.RedisError:
             log.debug("the models board lost its Redis subscription", exc_info=True)
             await asyncio.sleep(REFRESH_SECONDS)
+
+
+class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
+    """The playground's requests: each message ``{lane, path, body}`` is served through the front door's own code
+    (routing, limits, the decision log) with the console's key, its answer streamed back on ``lane``."""
+
+    channel_layer_alias = None
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_active or not user.is_staff:
+            await self.close(code=4403)
+            return
+        await self.accept()
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def disconnect(self, code: int) -> None:
+        for task in getattr(self, "_running", set()):
+            task.cancel()
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        if not isinstance(content, dict):
+            return
+        task = asyncio.create_task(self._serve(str(content.get("lane", "a"))[:16], content.get("path"),
+                                               content.get("body")))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _serve(self, lane: str, path: object, body: object) -> None:
+        sink = SocketSink(self.send_json, lane)
+        try:
+            if not isinstance(body, dict):
+                raise InvalidRequest("The body is a JSON object.")
+            principal = await database_sync_to_async(console_principal)()
+            request_id = f"req_{uuid.uuid4().hex}"
+            if path == "chat":
+                validate_chat(body)
+                await serve_request(sink, RelayRequest(Dialect.OPENAI, "chat", body, principal, request_id, {}))
+            elif path in ("generate", "loglikelihood"):
+                model = body.pop("model", None)
+                await serve_path(sink, f"/{path}", "POST", body, model if isinstance(model, str) else None,
+                                 principal, request_id)
+            else:
+                raise InvalidRequest("path is chat, generate or loglikelihood.")
+        except FrontDoorError as error:
+            await self.send_json({"type": "error", "lane": lane, "status": error.status_in(Dialect.OPENAI),
+                                  "code": error.code, "message": error.message, **sink.tags_seen()})
+        except PermissionError as error:
+            await self.send_json({"type": "error", "lane": lane, "status": 403, "code": "console_key_revoked",
+                                  "message": str(error)})

@@ -12,6 +12,7 @@ from django.utils.dateparse import parse_datetime
 
 from console.traffic import WINDOWS, Filters, attempt_rows, candidate_rows, charts, choices, decisions
 from inference.models import ApiKey
+from routing.decision_log import drain_decisions
 from routing.models import DecisionRecord
 
 PER_PAGE = 50
@@ -38,6 +39,8 @@ def traffic(request: HttpRequest) -> HttpResponse:
 
 @staff_member_required
 def decision(request: HttpRequest, pk: str) -> HttpResponse:
+    if not DecisionRecord.objects.filter(pk=pk).exists():
+        drain_decisions()  # a record from a moment ago may still wait in Redis for the writer: write it now
     record = get_object_or_404(DecisionRecord, pk=pk)
     key = ApiKey.objects.filter(pk=record.key_id).first() if record.key_id else None
     return render(request, "console/decision.html", {
