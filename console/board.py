@@ -17,9 +17,10 @@ from django.utils import timezone
 
 from routing.models import DecisionRecord
 from serves.drain_counts import in_flight
-from serves.models import ModelState, Serve
+from serves.models import ModelState, Runtime, Serve, ServeEvent
 from serves.operations import describe, queue_occupancy
 from serves.residency import footprint, ledgers
+from serves.runtimes import runtime_for
 
 WINDOW_MINUTES = 15
 TRAFFIC_ROWS_CAP = 20_000  # the newest rows of the window: a sparkline, not an audit
@@ -72,3 +73,26 @@ def traffic_by_minute(now: dt.datetime | None = None) -> dict[str, dict[str, lis
                     "ttft_p50_ms": [round(statistics.median(values), 1) if values else None
                                     for values in ttfts[serve]]}
             for serve in counts}
+
+
+LOG_TAIL_BYTES = 6000
+TIMELINE_EVENTS = 20
+
+
+def detail(name: str) -> dict[str, Any] | None:
+    """An open row's extras: the engine's log tail (process and compose runtimes) and the serve's timeline of
+    state events (loads, unloads, evictions, swaps, ttl and scale-out), newest first."""
+    serve = Serve.objects.filter(name=name).first()
+    if serve is None:
+        return None
+    log = ""
+    if serve.run_by != Runtime.REMOTE:
+        try:
+            log = runtime_for(serve).log_tail(serve)[-LOG_TAIL_BYTES:]
+        except OSError:
+            log = ""
+    events = [{"at": event.started_at.isoformat(), "action": event.action, "by": event.requested_by,
+               "before": event.state_before, "after": event.state_after, "outcome": event.outcome,
+               "detail": event.detail[:300]}
+              for event in ServeEvent.objects.filter(serve=serve).order_by("-started_at")[:TIMELINE_EVENTS]]
+    return {"serve": name, "log": log, "events": events}

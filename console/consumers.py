@@ -13,7 +13,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from console.board import board
+from console.board import board, detail
 from console.playground import SocketSink, console_principal
 from inference.errors import FrontDoorError, InvalidRequest
 from inference.passthrough import serve_path
@@ -38,12 +38,26 @@ class ModelsBoardConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=4403)
             return
         await self.accept()
+        self._detail: str | None = None
         self._pusher = asyncio.create_task(self._push())
 
     async def disconnect(self, code: int) -> None:
         pusher = getattr(self, "_pusher", None)
         if pusher is not None:
             pusher.cancel()
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        """``{"detail": name}`` while a row is open (its log tail and timeline come with every push), null to stop."""
+        if isinstance(content, dict) and "detail" in content:
+            name = content["detail"]
+            self._detail = name if isinstance(name, str) else None
+            if self._detail:
+                await self._send_detail()
+
+    async def _send_detail(self) -> None:
+        found = await database_sync_to_async(detail)(self._detail) if self._detail else None
+        if found is not None:
+            await self.send_json({"type": "detail", **found})
 
     async def _push(self) -> None:
         client = redis.asyncio.from_url(settings.REDIS_URL, socket_timeout=None,
@@ -54,6 +68,7 @@ class ModelsBoardConsumer(AsyncJsonWebsocketConsumer):
                 await pubsub.subscribe(changed_channel())
             while True:
                 await self.send_json({"type": "board", **await database_sync_to_async(board)()})
+                await self._send_detail()
                 await self._changed_or_timeout(pubsub)
         finally:
             with contextlib.suppress(Exception):

@@ -1,7 +1,8 @@
 """The models board in a real browser (Debian's chromium) against Anvil under Daphne and a real Celery worker,
 with a scripted engine as a ``process`` serve: the operator sees it loaded, unloads it (the last serve of its
-model: the page asks first, and offers the undo), watches the state change with no reload, then loads it
-again with an override (an out-of-range one is refused inline) and sees it loaded with that override."""
+model: the page asks first, and offers the undo), watches the state change with no reload, opens the row (its
+timeline and its engine's log), then loads it again with an override (an out-of-range one is refused inline)
+and sees it loaded with that override."""
 
 from __future__ import annotations
 
@@ -73,6 +74,10 @@ def test_unload_then_load_with_an_override_live(anvil: str, serve: Serve, browse
 
         # Load again with an override: out of range is refused inline, in range loads with it.
         row.get_by_role("button", name="Details").click()
+        detail = page.locator(f"#detail-{serve.name}")
+        expect(detail.locator('[data-field="timeline"]')).to_contain_text("unload: loaded → unloading")
+        expect(detail.locator('[data-field="timeline"]')).to_contain_text("console (ops)")
+        expect(detail.locator('[data-field="log"]')).not_to_have_text("…")  # the engine's own log, streamed
         form = page.get_by_role("form", name=f"Load {serve.name} with overrides")
         form.get_by_label("max_model_len").fill("99999")
         form.get_by_role("button", name=f"Load {serve.name} with these").click()
@@ -82,6 +87,7 @@ def test_unload_then_load_with_an_override_live(anvil: str, serve: Serve, browse
         expect(state).to_have_text("loaded")
         expect(page.locator(f"#detail-{serve.name}")).to_contain_text('{"max_model_len":4096}')
         assert page.evaluate("window.stillTheSamePage") is True  # every change arrived over the websocket
+        page.screenshot(path=str(SCREENSHOTS / "models-detail.png"), full_page=True)
         live = off_the_browser_loop(lambda: Serve.objects.get(pk=serve.pk).live_overrides)
         assert live == {"max_model_len": 4096}
         # Phone width: the board scrolls inside its frame; the page does not overflow.

@@ -136,9 +136,18 @@
     const cell = el("td", {colspan: "9"});
     cell.append(el("div", {class: "detail-state"}), overridesForm(model));
     detail.append(cell);
+    cell.append(el("h3", {text: "Engine log"}), el("pre", {class: "log", "data-field": "log", tabindex: "0", text: "…"}),
+                el("h3", {text: "Timeline"}), el("ol", {class: "timeline", "data-field": "timeline"}));
     more.addEventListener("click", () => {
       detail.hidden = !detail.hidden;
       more.setAttribute("aria-expanded", String(!detail.hidden));
+      for (const other of body().querySelectorAll("tr.detail")) {  // one open row: its log streams
+        if (other !== detail && !other.hidden) {
+          other.hidden = true;
+          body().querySelector(`tr.serve[data-serve="${CSS.escape(other.id.slice(7))}"] [aria-expanded]`).setAttribute("aria-expanded", "false");
+        }
+      }
+      if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({detail: detail.hidden ? null : model.id}));
     });
     body().append(row, detail);
     return row;
@@ -186,11 +195,33 @@
     }
   }
 
+  function showDetail(message) {
+    const row = document.getElementById(`detail-${message.serve}`);
+    if (!row) return;
+    const log = row.querySelector('[data-field="log"]');
+    const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+    log.textContent = message.log || "(no engine log: Anvil does not run this serve, or it has not started)";
+    if (atEnd) log.scrollTop = log.scrollHeight;  // follow the tail unless the operator scrolled up
+    put(row.querySelector('[data-field="timeline"]'), ...message.events.map((event) => el("li", {
+      class: event.outcome === "failed" ? "error-text" : "",
+      text: `${event.at.slice(0, 19).replace("T", " ")} · ${event.action}: ${event.before || "?"} → ${event.after || "?"} ` +
+            `(${event.outcome}) · ${event.by}${event.detail ? " · " + event.detail : ""}`})));
+  }
+
+  let socket = null;
+
   function connect() {
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
-    const socket = new WebSocket(scheme + location.host + "/ws/models/");
-    socket.onopen = () => { live().textContent = "live"; live().className = "badge ok"; };
-    socket.onmessage = (event) => draw(JSON.parse(event.data));
+    socket = new WebSocket(scheme + location.host + "/ws/models/");
+    socket.onopen = () => {
+      live().textContent = "live"; live().className = "badge ok";
+      const open = [...body().querySelectorAll("tr.detail")].find((row) => !row.hidden);
+      if (open) socket.send(JSON.stringify({detail: open.id.slice(7)}));
+    };
+    socket.onmessage = (event) => {
+      const message = JSON.parse(event.data);
+      if (message.type === "detail") showDetail(message); else draw(message);
+    };
     socket.onclose = () => { live().textContent = "reconnecting…"; live().className = "badge unknown"; setTimeout(connect, 2000); };
   }
 
