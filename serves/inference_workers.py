@@ -44,7 +44,9 @@ def register_demo_pair(names: tuple[str, str], ports: tuple[int, int], checkpoin
     """The ``make run`` demo: ``checkpoint`` twice (on ``ports``), both loaded on demand on a declared device
     with room for one. What an operator changed since (the device, a serve's pool fields) stays."""
     Gpu.objects.get_or_create(name=DEMO_DEVICE["name"], defaults={k: v for k, v in DEMO_DEVICE.items() if k != "name"})
-    pool = {"on_demand": True, "gpu": DEMO_DEVICE["name"], "vram_gb": DEMO_FOOTPRINT_GB}
+    pool = {"on_demand": True, "gpu": DEMO_DEVICE["name"], "vram_gb": DEMO_FOOTPRINT_GB,
+            # What the console's Load form offers for the demo: the worker's batch and answer length.
+            "load_constraints": {"max_batch": {"min": 1, "max": 64}, "max_tokens": {"min": 16, "max": 2048}}}
     return [register_checkpoint(name, port, checkpoint, tier=tier, context_limit=context_limit, first_time=pool)
             for name, port in zip(names, ports, strict=True)]
 
