@@ -292,7 +292,7 @@ async def count_tokens(sink: ResponseSink, body: dict[str, Any], principal: Prin
             return _Answer(502, b"", b"application/json")
         return _Answer(found.status, json.dumps({"input_tokens": count}).encode(), b"application/json")
 
-    serves = await current_serves()
+    serves, _ = within(await current_serves(), reach_of(principal, body))  # only what the key may use
     known = ", ".join(s.name for s in serves) or "none"
     await _served(sink, decision, record, principal, started,
                   lambda: _relay(sink, decision, record, principal, build, answer),

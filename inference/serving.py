@@ -261,7 +261,7 @@ async def serve_request(sink: ResponseSink, request: RelayRequest) -> None:
     sink.tags[b"x-anvil-work-class"] = decision.work_class.encode()
     try:
         if not decision.candidates:
-            serves = await current_serves()
+            serves, _ = within(await current_serves(), reach_of(principal, request.body))  # only what it may use
             raise refusal(decision, ", ".join(s.name for s in serves) or "none")
         async with limited(principal, request.body, sink.tags, sink.timing, price=top_price(decision)) as ticket:
             try:
