@@ -177,6 +177,9 @@ def test_reach_holds_for_named_models_auto_and_the_model_list(anvils: tuple[str,
     assert client.chat.completions.create(model="local", messages=HI).model == "local"
     auto = client.chat.completions.with_raw_response.create(model="auto", messages=PLAN)
     assert auto.headers["x-anvil-served-by"] in ("local", "slow")
+    with pytest.raises(openai.NotFoundError) as unknown:  # the serves it may name: only those within its reach
+        client.chat.completions.create(model="nope", messages=HI)
+    assert "local" in unknown.value.message and "cloud" not in unknown.value.message
     listed = {m.id for m in client.models.list(extra_query={"all": "true"})}
     assert listed == {"local", "slow", "pricey"}
     # A glob over names: only "local".
