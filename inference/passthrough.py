@@ -19,6 +19,7 @@ from typing import Any
 
 from django.conf import settings
 
+from anvil_site import tracing
 from inference.admission import ADMISSION
 from inference.attempt import ResponseSink
 from inference.auth import Principal
@@ -210,6 +211,15 @@ async def _served(sink: ResponseSink, decision: Decision, record: DecisionRecord
 async def serve_path(sink: ResponseSink, path: str, method: str, body: dict[str, Any] | None, model: str | None,
                      principal: Principal | None, request_id: str) -> None:
     """Relay one request on a ``PATHS`` route; ``body`` (without ``model`` for the HRM routes) goes as is."""
+    if not tracing.active():
+        await _serve_path(sink, path, method, body, model, principal, request_id)
+        return
+    with tracing.request_span("anvil.request", {}, {"anvil.endpoint": path, "anvil.request_id": request_id}):
+        await _serve_path(sink, path, method, body, model, principal, request_id)
+
+
+async def _serve_path(sink: ResponseSink, path: str, method: str, body: dict[str, Any] | None, model: str | None,
+                      principal: Principal | None, request_id: str) -> None:
     started = time.perf_counter()
     route = PATHS[path]
     reach = reach_of(principal, body or {})

@@ -25,6 +25,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from anvil_site import tracing
 from anvil_site.metrics import QUEUE_WAIT
 from anvil_site.task_queue import QueueUnavailable
 from inference.attempt import EVENT_STREAM, STREAM_HEADERS, ResponseSink
@@ -128,5 +129,7 @@ async def reaching(serve: ServeView, sink: ResponseSink, principal: Principal | 
     async with serve_queues().slot(queue_spec(serve), waiter_of(principal), reach.wait, waiting.tick):
         if reach.wait.queued:
             QUEUE_WAIT.labels(serve.name).observe(reach.wait.seconds)
+            tracing.past_span("anvil.queue_wait", reach.wait.seconds,
+                              {"anvil.serve": serve.name, "anvil.queue_depth": reach.wait.depth})
         async with in_flight().holding(serve.name):
             yield

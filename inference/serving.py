@@ -18,6 +18,7 @@ from typing import Any
 
 from django.conf import settings
 
+from anvil_site import tracing
 from inference import calibration
 from inference.admission import ADMISSION
 from inference.attempt import AttemptOutcome, CommitRule, ResponseSink, run_attempt
@@ -82,6 +83,14 @@ class DecisionRecordDraft:
         serve = next((c.serve for c in decision.candidates if c.serve.name == self.served_by), None)
         if serve is not None and (self.prompt_tokens is not None or self.completion_tokens is not None):
             self.spend_usd = round(serve.cost(self.prompt_tokens, self.completion_tokens), 8)
+
+    def span_attributes(self) -> dict[str, Any]:
+        """What the request's trace span says of it (metadata only, as the record)."""
+        found = {"anvil.decision": self.id, "anvil.model": self.requested_model, "anvil.work_class": self.work_class,
+                 "anvil.served_by": self.served_by, "anvil.outcome": self.outcome, "anvil.fell_back": self.fell_back}
+        found.update({name: value for name, value in (("http.response.status_code", self.status),
+                                                      ("anvil.ttft_ms", self.ttft_ms)) if value is not None})
+        return found
 
     def decided(self, decision: Decision) -> None:
         self.requested_model = decision.requested_model[:200]
@@ -249,8 +258,19 @@ def commit_rule(candidate: Candidate, stream: bool) -> tuple[CommitRule, bool]:
 
 async def serve_request(sink: ResponseSink, request: RelayRequest) -> None:
     """Answer ``request`` through ``sink``; a FrontDoorError means nothing was sent yet."""
+    if not tracing.active():
+        await _serve(sink, request, None)
+        return
+    attributes = {"anvil.endpoint": request.endpoint, "anvil.request_id": request.request_id,
+                  "anvil.key": request.principal.name if request.principal else ""}
+    with tracing.request_span("anvil.request", request.client_headers, attributes) as root:
+        await _serve(sink, request, root)
+
+
+async def _serve(sink: ResponseSink, request: RelayRequest, root: Any) -> None:
     started = request.started
-    decision = await make_decision(request.body, request.upstream_dialects, request.principal)
+    with tracing.span("anvil.decide"):
+        decision = await make_decision(request.body, request.upstream_dialects, request.principal)
     sink.timing["decide"] = (time.perf_counter() - started) * 1000
     principal = request.principal
     record = DecisionRecordDraft(str(uuid.uuid4()), request.request_id, request.endpoint,
@@ -285,6 +305,8 @@ async def serve_request(sink: ResponseSink, request: RelayRequest) -> None:
     finally:
         record.latency_ms = round((time.perf_counter() - started) * 1000, 3)
         DECISION_LOG.append(asdict(record))
+        if root is not None:
+            root.set_attributes(record.span_attributes())
 
 
 async def _attempts(sink: ResponseSink, request: RelayRequest, decision: Decision,
@@ -320,10 +342,13 @@ async def _attempts(sink: ResponseSink, request: RelayRequest, decision: Decisio
         outcome = AttemptOutcome(serve.name)
         reach = Reach()
         try:
-            async with reaching(serve, sink, request.principal, stream=exchange.stream, reach=reach):
-                outcome.started = time.perf_counter()  # the attempt's time, not the queue's
-                await run_attempt(sink, exchange, upstream, rule=rule, verify_whole=verify_whole,
-                                  keep_answer=sampled, out=outcome)
+            with tracing.span("anvil.attempt", {"anvil.serve": serve.name}) as attempt_span:
+                async with reaching(serve, sink, request.principal, stream=exchange.stream, reach=reach):
+                    outcome.started = time.perf_counter()  # the attempt's time, not the queue's
+                    await run_attempt(sink, exchange, upstream, rule=rule, verify_whole=verify_whole,
+                                      keep_answer=sampled, out=outcome)
+                if attempt_span is not None:
+                    attempt_span.set_attribute("anvil.outcome", outcome.label)
         except asyncio.CancelledError:
             record.client_left(outcome, request.started)
             raise
