@@ -273,6 +273,8 @@ ANVIL_REPLICA_TTL = env.env_int("ANVIL_REPLICA_TTL", 300, minimum=1)
 # A web process's max_concurrent slots are a field in Redis that expires after this long unless refreshed
 # (every 30 s while requests hold them): a dead process's slots are free again after it (docs/keys.md).
 ANVIL_KEY_LEASE_SECONDS = env.env_int("ANVIL_KEY_LEASE_SECONDS", 120, minimum=45)
+# A host agent (manage.py runhost) beats this often; three missed beats make its serves unknown (serves/hosts.py).
+ANVIL_HOST_HEARTBEAT = env.env_float("ANVIL_HOST_HEARTBEAT", 5.0, minimum=0.2)
 # An allow-with-verify answer is held at most this many bytes before it is verified.
 ANVIL_COMMIT_WINDOW_BYTES = env.env_int("ANVIL_COMMIT_WINDOW_BYTES", 8 * 1024 * 1024, minimum=1024)
 ANVIL_BREAKER_FAILURES = env.env_int("ANVIL_BREAKER_FAILURES", 3, minimum=1)

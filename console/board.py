@@ -13,10 +13,13 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
+import redis
+from django.conf import settings
 from django.utils import timezone
 
 from routing.models import DecisionRecord
 from serves.drain_counts import in_flight
+from serves.hosts import live_hosts
 from serves.models import ModelState, Runtime, Serve, ServeEvent
 from serves.operations import describe, queue_occupancy
 from serves.residency import footprint, ledgers
@@ -36,10 +39,13 @@ def board() -> dict[str, Any]:
         if serve.enabled and serve.current_model_state == ModelState.LOADED:
             loaded_per_model[serve.public_model] += 1
     devices = {ledger.device.name: ledger.as_dict() for ledger in ledgers()}
+    alive = _live_hosts({serve.host for serve in serves if serve.host})
     rows = []
     for serve in serves:
         row = describe(serve, in_flight(serve.name), queues.get(serve.name, (0, 0, None)))
         device = devices.get(serve.gpu)
+        if serve.host and serve.host not in alive:  # what the front door sees: nothing drives it (serves/hosts.py)
+            row["state"], row["host_silent"] = "unknown", True
         row.update(
             enabled=serve.enabled, gpu=serve.gpu or None, footprint_gb=footprint(serve),
             device={"capacity_gb": device["capacity_gb"], "used_gb": device["used_gb"]} if device else None,
@@ -49,6 +55,19 @@ def board() -> dict[str, Any]:
         )
         rows.append(row)
     return {"models": rows, "devices": list(devices.values()), "at": timezone.now().isoformat()}
+
+
+def _live_hosts(names: set[str]) -> set[str]:
+    if not names:
+        return set()
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=settings.ANVIL_REDIS_TIMEOUT,
+                                  socket_connect_timeout=settings.ANVIL_REDIS_TIMEOUT)
+    try:
+        return live_hosts(client, names)
+    except redis.RedisError:
+        return set(names)  # cannot tell: shown as they were
+    finally:
+        client.close()
 
 
 def empty_traffic() -> dict[str, list[Any]]:

@@ -230,6 +230,11 @@ def not_loaded(model: str, state: str, error_code: str = "") -> FrontDoorError:
     if state == "loading":
         return Unavailable(f"The model {model!r} is loading; retry shortly.", code="model_loading",
                            headers=[(b"retry-after", str(LOADING_RETRY_AFTER).encode())])
+    if error_code == "host_silent":
+        return Unavailable(f"The model {model!r} is unknown (host_silent): the host agent that runs it stopped "
+                           "beating, so nothing drives it. Requests go to it again once the agent is back "
+                           "(manage.py runhost on that host).", code="model_not_loaded",
+                           headers=[(b"retry-after", b"5")])
     why = f"{state} ({error_code})" if error_code else state
     return Unavailable(f"The model {model!r} is not loaded ({why}). Load it with POST /v1/admin/models/{model}/load "
                        f"(a key with the admin scope) or `python manage.py serves load {model}`.",

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.db import models
 from django.db.models import QuerySet
@@ -14,8 +16,9 @@ from django.utils.html import format_html
 
 from anvil_site.task_queue import QueueUnavailable
 from serves.drain_counts import in_flight
+from serves.hosts import live_hosts
 from serves.loading import InvalidLoadRequest
-from serves.models import Gpu, Health, Modality, ModelState, Runtime, Serve, ServeEvent, default_modalities
+from serves.models import Gpu, Health, Host, Modality, ModelState, Runtime, Serve, ServeEvent, default_modalities
 from serves.operations import LoadConflict, request_load, request_unload
 from serves.runtimes import runtime_for
 from serves.tasks import enqueue
@@ -90,7 +93,7 @@ class ServeAdmin(admin.ModelAdmin):
                                                 "library_path", "ready_timeout", "stop_timeout", "drain_timeout",
                                                 "load_constraints", "vram_gb"]}),
         ("Container", {"fields": ["container", "compose_file", "compose_service", "up_command", "trusted_command",
-                                  "gpu", "queue"]}),
+                                  "gpu", "queue", "host"]}),
         ("Identity (a change marks measurements stale)", {
             "fields": ["model_source", "revision", "quantization", "context_limit", "context_limit_probed",
                        "extra_body", "engine_args", "fingerprint_display"]}),
@@ -225,3 +228,30 @@ class ServeEventAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+
+@admin.register(Host)
+class HostAdmin(admin.ModelAdmin):
+    """Host agents (manage.py runhost NAME): their last beat, GPUs, and the serves they run."""
+
+    list_display = ["name", "beating", "last_heartbeat", "gpu_count", "serve_count", "pid", "started_at"]
+    readonly_fields = ["name", "gpus", "pid", "started_at", "last_heartbeat"]
+
+    @admin.display(boolean=True, description="beating")
+    def beating(self, host: Host) -> bool:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=settings.ANVIL_REDIS_TIMEOUT,
+                                      socket_connect_timeout=settings.ANVIL_REDIS_TIMEOUT)
+        try:
+            return host.name in live_hosts(client, [host.name])
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    @admin.display(description="GPUs")
+    def gpu_count(self, host: Host) -> int:
+        return len(host.gpus or [])
+
+    @admin.display(description="serves")
+    def serve_count(self, host: Host) -> int:
+        return Serve.objects.filter(host=host.name).count()

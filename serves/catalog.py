@@ -8,6 +8,7 @@ from django.conf import settings
 
 from anvil_site.snapshots import Snapshot
 from serves import model_states
+from serves.hosts import host_watch
 from serves.models import Serve
 
 
@@ -53,6 +54,7 @@ class ServeView:
     # USD per million tokens (prompt, completion): what a request's spend is computed from.
     price_input: float = 0.0
     price_output: float = 0.0
+    host: str = ""  # its host agent ("": this stack's); a silent host makes it "unknown"
 
     def cost(self, prompt_tokens: int | None, completion_tokens: int | None) -> float:
         """USD for this usage at this serve's prices."""
@@ -96,7 +98,7 @@ def _view(serve: Serve) -> ServeView:
         public_model=serve.public_model, fallback_to=tuple(serve.fallback_to or ()), on_demand=serve.on_demand,
         ttl=serve.ttl, target_inflight=serve.target_inflight, max_queue=serve.max_queue,
         queue_timeout=float(serve.queue_timeout), price_input=float(serve.price_input),
-        price_output=float(serve.price_output),
+        price_output=float(serve.price_output), host=serve.host,
     )
 
 
@@ -113,9 +115,14 @@ async def current_serves(*, force: bool = False) -> tuple[ServeView, ...]:
     """The enabled serves with their model states as fresh as the Redis mirror has them (within a second)."""
     serves = await SERVE_CATALOG.get(force=force)
     states = model_states.mirror().current()
-    if not states:
-        return serves
-    return tuple(_with_state(serve, states.get(serve.name)) for serve in serves)
+    if states:
+        serves = tuple(_with_state(serve, states.get(serve.name)) for serve in serves)
+    hosted = {serve.host for serve in serves if serve.host}
+    silent = host_watch().silent(hosted) if hosted else set()
+    if silent:  # its agent stopped beating: nothing drives it, and routing must not trust it (serves/hosts.py)
+        serves = tuple(replace(serve, model_state="unknown", load_error="host_silent") if serve.host in silent
+                       else serve for serve in serves)
+    return serves
 
 
 def _with_state(serve: ServeView, mirrored: model_states.MirroredState | None) -> ServeView:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -135,6 +136,11 @@ class ServeQuerySet(models.QuerySet["Serve"]):
         return self.update(**fields)  # the rest, and every row the catalog sees no change on
 
 
+def validate_host_name(value: str) -> None:
+    if value and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
+        raise ValidationError("A host name is letters, digits, '.', '_' and '-'.")
+
+
 class Serve(models.Model):
     """One model server Anvil routes to: a container it runs, or an upstream it only relays to."""
 
@@ -185,6 +191,14 @@ class Serve(models.Model):
                                    "ANVIL_UPSTREAM_KEY_<NAME> or <NAME>_API_KEY.")
     queue = models.CharField(max_length=100, blank=True,
                              help_text="Celery queue of the worker on this serve's Docker host; blank: the default.")
+    host = models.CharField(max_length=64, blank=True, validators=[validate_host_name],
+                            help_text="The host agent (manage.py runhost NAME) that runs it: its lifecycle goes to "
+                            "that host's queue, and a host that stops beating makes it unknown. Blank: this stack's.")
+
+    @property
+    def lifecycle_queue(self) -> str:
+        """Where its loads, unloads and compose operations go: its host's queue, else ``queue``, else the default."""
+        return f"host.{self.host}" if self.host else self.queue
     enabled = models.BooleanField(default=True)
 
     # How it is run (serves/runtimes/). A process serve's argv comes from a preset's named fields, or
@@ -465,3 +479,21 @@ class Gpu(models.Model):
     def clean(self) -> None:
         if self.memory_gb is not None and not self.memory_gb > 0:
             raise ValidationError({"memory_gb": "memory_gb is a positive number of GB (blank: nvidia-smi's)."})
+
+
+class Host(models.Model):
+    """A host agent (``manage.py runhost NAME``): a Celery worker on the GPU host that runs its serves, beating
+    to Redis every ``ANVIL_HOST_HEARTBEAT`` seconds (``serves/hosts.py``). The row keeps the last beat for the
+    admin and the console; the front door reads the beats from Redis."""
+
+    name = models.CharField(max_length=64, unique=True, validators=[validate_host_name])
+    gpus = models.JSONField(default=list, blank=True, help_text="What the agent reported: nvidia-smi's, else declared.")
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    last_heartbeat = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name

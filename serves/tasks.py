@@ -77,12 +77,13 @@ def enqueue(action: str, serve_ids: list[int], requested_by: str) -> None:
     """Queue lifecycle tasks after the current transaction commits (now, outside one), each on its
     serve's queue. Outside a transaction a QueueUnavailable reaches the caller."""
     task = _TASKS[action]
-    queues = dict(Serve.objects.filter(pk__in=serve_ids).values_list("pk", "queue"))
+    queues = {serve.pk: serve.lifecycle_queue for serve in Serve.objects.filter(pk__in=serve_ids).only("queue", "host")}
     transaction.on_commit(lambda: [send(task, (serve_id, requested_by), queues.get(serve_id) or "")
                                    for serve_id in serve_ids])
 
 
 def enqueue_load(serve_id: int, overrides: dict[str, object], requested_by: str) -> None:
     """Queue one load (with its live overrides), as ``enqueue`` does."""
-    queue = Serve.objects.filter(pk=serve_id).values_list("queue", flat=True).first() or ""
+    serve = Serve.objects.filter(pk=serve_id).only("queue", "host").first()
+    queue = serve.lifecycle_queue if serve is not None else ""
     transaction.on_commit(lambda: send(serve_load, (serve_id, overrides, requested_by), queue))

@@ -168,7 +168,8 @@
         !model.enabled && el("span", {class: "tag warn", text: "disabled"})].filter(Boolean)));
     const state = el("span", {class: `badge state-${model.state}`, "data-state": model.state, text: model.state});
     put(cell("state"), state, model.last_error ? el("div", {class: "error-text", text: model.last_error.code}) : null);
-    put(cell("runs"), el("span", {text: `${model.runtime} · ${model.engine}`}));
+    put(cell("runs"), el("span", {text: `${model.runtime} · ${model.engine}${model.host ? " @ " + model.host : ""}`}),
+        model.host_silent ? el("div", {class: "error-text", text: `host ${model.host} is silent`}) : null);
     const gpu = cell("gpu");
     if (model.gpu && model.device) {
       const used = model.device.used_gb, capacity = model.device.capacity_gb;

@@ -1,0 +1,125 @@
+"""Host agents and their heartbeats (``manage.py runhost NAME``; docs/deploy.md).
+
+An agent beats every ``ANVIL_HOST_HEARTBEAT`` seconds: a Redis key ``…:host:<name>`` that expires after
+``HEARTBEAT_MISSES`` beats, and its ``Host`` row. A serve whose ``host`` has no live key is **unknown** to the
+front door (``serves.catalog``): routing stops sending to it, says why (``host_silent``), and sends again the
+moment the beats return. Its lifecycle work waits in the host's queue (``host.<name>``) meanwhile, and a task
+the dead agent had taken is redelivered when it comes back (the load task is ``acks_late``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterable
+
+import redis
+import redis.asyncio
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+from serves.models import Host
+from serves.probes import gpus
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_MISSES = 3
+
+
+def heartbeat_key(name: str) -> str:
+    return f"{settings.ANVIL_REDIS_PREFIX}:host:{name}"
+
+
+def reported_gpus() -> list[dict[str, object]]:
+    return [{"index": gpu.index, "uuid": gpu.uuid, "total_mib": gpu.total_mib} for gpu in gpus()]
+
+
+def beat(client: redis.Redis, name: str, started: float, found_gpus: list[dict[str, object]]) -> None:
+    """One heartbeat: the Redis key (what the front door reads) and the row (what people read)."""
+    period = settings.ANVIL_HOST_HEARTBEAT
+    client.set(heartbeat_key(name), json.dumps({"at": time.time(), "pid": os.getpid(), "started": started,
+                                                "gpus": found_gpus}), px=int(period * HEARTBEAT_MISSES * 1000))
+    Host.objects.update_or_create(name=name, defaults={"gpus": found_gpus, "pid": os.getpid(),
+                                                       "last_heartbeat": timezone.now(),
+                                                       "started_at": timezone.datetime.fromtimestamp(
+                                                           started, tz=timezone.get_current_timezone())})
+
+
+def start_heartbeats(name: str) -> threading.Event:
+    """Beat from a daemon thread until the returned event is set (the agent's worker runs on the main thread)."""
+    stop = threading.Event()
+    started, found = time.time(), reported_gpus()
+
+    def run() -> None:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=settings.ANVIL_REDIS_TIMEOUT,
+                                      socket_connect_timeout=settings.ANVIL_REDIS_TIMEOUT)
+        while not stop.is_set():
+            try:
+                beat(client, name, started, found)
+            except Exception as exc:  # Redis or the database away: beat again next period, say it once a period
+                log.warning("host %s: heartbeat failed (%s: %s)", name, type(exc).__name__, exc)
+            finally:
+                close_old_connections()
+            stop.wait(settings.ANVIL_HOST_HEARTBEAT)
+        client.delete(heartbeat_key(name))  # a clean stop: silent at once, not after the misses
+
+    threading.Thread(target=run, name=f"heartbeat-{name}", daemon=True).start()
+    return stop
+
+
+def live_hosts(client: redis.Redis, names: Iterable[str]) -> set[str]:
+    """Which of ``names`` beat within the last HEARTBEAT_MISSES periods (one round trip)."""
+    names = sorted(set(names))
+    if not names:
+        return set()
+    found = client.mget([heartbeat_key(name) for name in names])
+    return {name for name, value in zip(names, found, strict=True) if value is not None}
+
+
+class HostWatch:
+    """A web process's view of which hosts beat, refreshed in the background every ``CHECK_SECONDS`` (never on a
+    request's time). A host not yet checked counts as alive: a request is never refused on a guess."""
+
+    CHECK_SECONDS = 1.0
+
+    def __init__(self) -> None:
+        self.silent_hosts: set[str] = set()
+        self.checked_at = float("-inf")
+        self.task: asyncio.Task[None] | None = None
+        self.client: redis.asyncio.Redis | None = None
+
+    def silent(self, names: Iterable[str]) -> set[str]:
+        names = set(names)
+        now = time.monotonic()
+        if now - self.checked_at >= self.CHECK_SECONDS and (self.task is None or self.task.done()):
+            self.checked_at = now
+            self.task = asyncio.ensure_future(self._refresh(sorted(names)))
+        return self.silent_hosts & names
+
+    async def _refresh(self, names: list[str]) -> None:
+        try:
+            if self.client is None:
+                self.client = redis.asyncio.from_url(settings.REDIS_URL, socket_timeout=settings.ANVIL_REDIS_TIMEOUT,
+                                                     socket_connect_timeout=settings.ANVIL_REDIS_TIMEOUT)
+            found = await self.client.mget([heartbeat_key(name) for name in names])
+        except Exception:  # Redis away: the last view stands (the breakers see a dead serve anyway)
+            log.debug("host heartbeats unavailable from Redis", exc_info=True)
+            return
+        self.silent_hosts = {name for name, value in zip(names, found, strict=True) if value is None}
+
+
+_watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, HostWatch] = weakref.WeakKeyDictionary()
+
+
+def host_watch() -> HostWatch:
+    loop = asyncio.get_running_loop()
+    found = _watches.get(loop)
+    if found is None:
+        found = _watches[loop] = HostWatch()
+    return found

@@ -1,0 +1,41 @@
+"""python manage.py runhost NAME: this machine's host agent.
+
+A Celery worker consuming the queue ``host.NAME`` (the lifecycle work of the serves whose ``host`` is NAME:
+loads, unloads, compose operations) with concurrency 1 and prefetch 1, so one lifecycle operation runs at a
+time on a host, and heartbeats to Redis (``serves/hosts.py``). Stop it with SIGTERM or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from anvil_site.celery import app
+from serves.hosts import start_heartbeats
+from serves.models import validate_host_name
+
+
+class Command(BaseCommand):
+    help = "Run this machine's host agent: the worker for the serves whose host is NAME, and its heartbeats."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("name", help="The host's name, as serves name it in their host field.")
+        parser.add_argument("--loglevel", default="INFO")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        name = options["name"]
+        try:
+            validate_host_name(name)
+        except ValidationError as exc:
+            raise CommandError(" ".join(exc.messages)) from None
+        stop = start_heartbeats(name)
+        self.stderr.write(f"host agent {name}: consuming host.{name}, beating to Redis")
+        try:
+            app.worker_main(["worker", "--queues", f"host.{name}", "--concurrency", "1", "--prefetch-multiplier",
+                             "1", "--hostname", f"{name}@{socket.gethostname()}", "--loglevel", options["loglevel"],
+                             "--without-mingle", "--without-gossip"])
+        finally:
+            stop.set()
