@@ -52,16 +52,20 @@ def beat(client: redis.Redis, name: str, started: float, found_gpus: list[dict[s
 
 
 def start_heartbeats(name: str) -> threading.Event:
-    """Beat from a daemon thread until the returned event is set (the agent's worker runs on the main thread)."""
+    """Beat, and watch this host's engines, from a daemon thread until the returned event is set (the agent's
+    worker runs on the main thread)."""
     stop = threading.Event()
     started, found = time.time(), reported_gpus()
 
     def run() -> None:
+        from serves.loading import watch  # serves.loading reaches this module through the catalog: at call time
+
         client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=settings.ANVIL_REDIS_TIMEOUT,
                                       socket_connect_timeout=settings.ANVIL_REDIS_TIMEOUT)
         while not stop.is_set():
             try:
                 beat(client, name, started, found)
+                watch(f"process watch on host {name}", host=name)  # its own processes: only this host sees them
             except Exception as exc:  # Redis or the database away: beat again next period, say it once a period
                 log.warning("host %s: heartbeat failed (%s: %s)", name, type(exc).__name__, exc)
             finally:

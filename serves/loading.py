@@ -306,16 +306,19 @@ def do_unload(serve_id: int, requested_by: str) -> OperationResult:
         release(serve_id, token)
 
 
-def watch(requested_by: str = "process watch") -> int:
+def watch(requested_by: str = "process watch", host: str = "") -> int:
     """Notice, within seconds, a loaded process that died (and a compose serve whose container stopped);
-    promote a container brought up by ``serves up`` once it answers."""
+    promote a container brought up by ``serves up`` once it answers. Only the serves of ``host`` (this
+    machine: "" for the stack's own, an agent's name on its host): another machine's processes are not
+    this one's to see."""
     noticed = 0
-    for serve in Serve.objects.filter(enabled=True, model_state=ModelState.LOADING).exclude(container=""):
+    for serve in Serve.objects.filter(enabled=True, model_state=ModelState.LOADING, host=host).exclude(container=""):
         if serve.run_by == Runtime.COMPOSE and serve.busy_token == "" and ready(serve):
             transition(serve, ModelState.LOADED, action="watch", requested_by=requested_by,
                        detail="the container answers")
             noticed += 1
-    for serve in Serve.objects.filter(enabled=True, model_state=ModelState.LOADED).exclude(runtime=Runtime.REMOTE):
+    for serve in Serve.objects.filter(enabled=True, model_state=ModelState.LOADED, host=host).exclude(
+            runtime=Runtime.REMOTE):
         if serve.run_by == Runtime.REMOTE:
             continue
         runtime = runtime_for(serve)

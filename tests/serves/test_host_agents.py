@@ -2,7 +2,8 @@
 beats to Redis), Anvil under Daphne, a scripted engine as a ``process`` serve whose host is hostb. No other
 worker runs, so a load that completes ran on hostb's queue.
 
-* The load runs on the host's queue, and the front door answers through the serve.
+* The load runs on the host's queue, and the front door answers through the serve; the control host's watch
+  leaves it alone (its process is on hostb; hostb's agent watches it).
 * The agent is killed: within three beats its serve is unknown, and a request naming it gets a 503 saying why,
   never an answer from a serve nothing drives.
 * The agent comes back: its serve answers again, with no reload (the engine outlived the agent).
@@ -22,6 +23,7 @@ from inference.keys import create_key
 from serves.loading import do_unload
 from serves.models import Host, ModelState, Serve, ServeEvent
 from serves.operations import request_load
+from serves.tasks import watch_serves
 from tests.inference.test_pool_queues import scripted, state_of, unique
 from tests.support.live import live_anvil
 from tests.support.processes import ROOT, child_env, running
@@ -62,6 +64,8 @@ def test_a_hosts_serve_loads_on_its_queue_goes_unknown_when_it_stops_beating_and
             wait_for(lambda: state_of(serve) == ModelState.LOADED, 60, "hostb's agent to load the serve")
             assert ServeEvent.objects.filter(serve=serve, state_after=ModelState.LOADED).exists()
             wait_for(lambda: ask(anvil, key, serve.name).status_code == 200, 10, "the serve to answer")
+            watch_serves()  # the control host's watch: another machine's processes are not its to judge
+            assert state_of(serve) == ModelState.LOADED
         # The agent is gone (killed with its process group; the engine runs in a session of its own).
         refused = wait_for(lambda: (r := ask(anvil, key, serve.name)).status_code == 503 and r, 10,
                            "the front door to notice the silent host")
