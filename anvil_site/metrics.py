@@ -45,6 +45,13 @@ class SharedCounter(Collector):
         yield family
 
 
+# Per serve, per process: what the front door relayed (the dashboard's requests, errors and TTFT by serve).
+# A request no serve answered counts under serve="" with its outcome.
+SERVE_REQUESTS = Counter("anvil_serve_requests_total", "Front-door requests, by the serve that answered and outcome.",
+                         ["serve", "outcome"])
+SERVE_TTFT = Histogram("anvil_serve_ttft_seconds", "Time from a request's arrival to its first byte, by serve.",
+                       ["serve"], buckets=LATENCY_BUCKETS)
+
 # The pool (docs/pool.md). Per process: how long requests waited in a serve's queue. Shared (read from
 # Redis at scrape time, the same in every web process): requests in flight and waiting per serve, loads
 # and drains (they happen in Celery workers).

@@ -19,6 +19,7 @@ from typing import Any
 from django.conf import settings
 
 from anvil_site import tracing
+from anvil_site.metrics import SERVE_REQUESTS, SERVE_TTFT
 from inference import calibration
 from inference.admission import ADMISSION
 from inference.attempt import AttemptOutcome, CommitRule, ResponseSink, run_attempt
@@ -310,6 +311,9 @@ async def _serve(sink: ResponseSink, request: RelayRequest, root: Any) -> None:
     finally:
         record.latency_ms = round((time.perf_counter() - started) * 1000, 3)
         DECISION_LOG.append(asdict(record))
+        SERVE_REQUESTS.labels(record.served_by, record.outcome).inc()
+        if record.ttft_ms is not None:
+            SERVE_TTFT.labels(record.served_by).observe(record.ttft_ms / 1000)
         if root is not None:
             root.set_attributes(record.span_attributes())
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from prometheus_client import start_http_server
 
 from anvil_site.celery import app
 from serves.hosts import start_heartbeats
@@ -24,6 +25,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("name", help="The host's name, as serves name it in their host field.")
         parser.add_argument("--loglevel", default="INFO")
+        parser.add_argument("--metrics-port", type=int, default=0,
+                            help="Serve this process's Prometheus metrics on this port (compose/prometheus.yml).")
 
     def handle(self, *args: Any, **options: Any) -> None:
         name = options["name"]
@@ -31,6 +34,8 @@ class Command(BaseCommand):
             validate_host_name(name)
         except ValidationError as exc:
             raise CommandError(" ".join(exc.messages)) from None
+        if options["metrics_port"]:
+            start_http_server(options["metrics_port"])
         stop = start_heartbeats(name)
         self.stderr.write(f"host agent {name}: consuming host.{name}, beating to Redis")
         try:
