@@ -90,7 +90,8 @@ def _image_parts(value: Any, depth: int = 0) -> list[dict[str, Any]]:
     if isinstance(value, list):
         return [part for item in value for part in _image_parts(item, depth + 1)]
     if isinstance(value, dict):
-        if value.get("type") in IMAGE_PART_TYPES:
+        kind = value.get("type")
+        if isinstance(kind, str) and kind in IMAGE_PART_TYPES:  # a hostile body's "type" may be a list or a dict
             return [value]
         return [part for key in NESTED_CONTENT_KEYS for part in _image_parts(value.get(key), depth + 1)]
     return []

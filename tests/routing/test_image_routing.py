@@ -107,3 +107,10 @@ def test_an_image_serve_that_is_denied_is_no_candidate_but_not_a_modality_refusa
     profile = Profile(tiers={("fast", "chat"): Cell("allow"), ("heavy", "chat"): Cell("deny")})
     decision = decide(OPENAI_IMAGE, serves, profile, (), CONFIG)
     assert not decision.candidates and not decision.modality_unsupported  # a 503: a serve could, the policy says no
+
+
+@pytest.mark.parametrize("kind", [["image_url"], {"image": 1}, 3, None])
+def test_a_content_part_whose_type_is_not_a_string_is_not_an_image_and_raises_nothing(kind: object) -> None:
+    # Found by the fuzz test (a list as "type" raised TypeError: unhashable, a 500).
+    body = {"messages": [{"role": "user", "content": [{"type": kind, "image_url": {"url": "data:,"}}]}]}
+    assert not summarize(body).has_images
