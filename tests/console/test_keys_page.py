@@ -12,14 +12,13 @@ import pytest
 from django.contrib.auth import get_user_model
 from playwright.sync_api import Browser, expect
 
-from tests.support.browser import off_the_browser_loop
+from tests.support.browser import off_the_browser_loop, screenshot_path
 from tests.support.live import live_anvil
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 PASSWORD = "pw-for-browser-tests"
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +31,7 @@ def models_status(anvil: str, secret: str) -> int:
     return httpx.get(f"{anvil}/v1/models", headers={"authorization": f"Bearer {secret}"}, timeout=10).status_code
 
 
-def test_create_see_once_revoke_and_restore_a_key(anvil: str, browser: Browser) -> None:
+def test_create_see_once_revoke_and_restore_a_key(anvil: str, browser: Browser, logs_dir: Path) -> None:
     off_the_browser_loop(lambda: get_user_model().objects.create_superuser("ops", "", PASSWORD))
     context = browser.new_context(base_url=anvil, viewport={"width": 1280, "height": 800})
     page = context.new_page()
@@ -57,7 +56,8 @@ def test_create_see_once_revoke_and_restore_a_key(anvil: str, browser: Browser) 
         expect(row).to_contain_text("rpm 60")
         expect(row).to_contain_text("of $25.00/month")
         assert models_status(anvil, secret) == 200
-        page.screenshot(path=str(SCREENSHOTS / "keys.png"), full_page=True, mask=[page.locator("#new-secret")])
+        page.screenshot(path=str(screenshot_path("keys.png", logs_dir)), full_page=True,
+                        mask=[page.locator("#new-secret")])
         page.reload()
         expect(page.locator("#new-secret")).to_have_count(0)  # shown once: never again
         assert secret not in page.content()

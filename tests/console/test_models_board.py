@@ -17,7 +17,7 @@ from playwright.sync_api import Browser, expect
 from serves.loading import do_load, do_unload
 from serves.models import Serve
 from tests.inference.test_pool_queues import scripted
-from tests.support.browser import off_the_browser_loop
+from tests.support.browser import off_the_browser_loop, screenshot_path
 from tests.support.celery_worker import celery_worker
 from tests.support.live import live_anvil
 
@@ -25,7 +25,6 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 PASSWORD = "pw-for-browser-tests"
 STEP_MS = 30_000  # a load or an unload by the worker, on two busy cores
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +43,7 @@ def serve() -> Iterator[Serve]:
     do_unload(made.pk, "test")
 
 
-def test_unload_then_load_with_an_override_live(anvil: str, serve: Serve, browser: Browser) -> None:
+def test_unload_then_load_with_an_override_live(anvil: str, serve: Serve, browser: Browser, logs_dir: Path) -> None:
     context = browser.new_context(base_url=anvil, viewport={"width": 1280, "height": 800})
     page = context.new_page()
     page.set_default_timeout(STEP_MS)
@@ -61,7 +60,7 @@ def test_unload_then_load_with_an_override_live(anvil: str, serve: Serve, browse
         expect(state).to_have_text("loaded")
         expect(page.locator("#board-live")).to_have_text("live")
         page.evaluate("window.stillTheSamePage = true")
-        page.screenshot(path=str(SCREENSHOTS / "models.png"), full_page=True)
+        page.screenshot(path=str(screenshot_path("models.png", logs_dir)), full_page=True)
 
         # The last serve of its model: the page says what unloading turns away before it does it.
         asked: list[str] = []
@@ -87,7 +86,7 @@ def test_unload_then_load_with_an_override_live(anvil: str, serve: Serve, browse
         expect(state).to_have_text("loaded")
         expect(page.locator(f"#detail-{serve.name}")).to_contain_text('{"max_model_len":4096}')
         assert page.evaluate("window.stillTheSamePage") is True  # every change arrived over the websocket
-        page.screenshot(path=str(SCREENSHOTS / "models-detail.png"), full_page=True)
+        page.screenshot(path=str(screenshot_path("models-detail.png", logs_dir)), full_page=True)
         live = off_the_browser_loop(lambda: Serve.objects.get(pk=serve.pk).live_overrides)
         assert live == {"max_model_len": 4096}
         # Phone width: the board scrolls inside its frame; the page does not overflow.

@@ -15,14 +15,13 @@ from playwright.sync_api import Browser, expect
 
 from serves.models import Serve
 from tests.support.breakers import forget_breakers
-from tests.support.browser import off_the_browser_loop
+from tests.support.browser import off_the_browser_loop, screenshot_path
 from tests.support.live import live_anvil, scripted_upstream
 from tests.support.profiles import allow_tiers
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 PASSWORD = "pw-for-browser-tests"
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +44,8 @@ def serves(slow_upstream: str, upstream: str) -> None:
     Serve.objects.create(name="quick", tier="fast", base_url=f"{upstream}/v1", served_model="up-model")
 
 
-def test_an_answer_grows_while_it_streams_and_two_models_compare(anvil: str, serves: None, browser: Browser) -> None:
+def test_an_answer_grows_while_it_streams_and_two_models_compare(anvil: str, serves: None, browser: Browser,
+                                                                logs_dir: Path) -> None:
     off_the_browser_loop(lambda: get_user_model().objects.create_superuser("ops", "", PASSWORD))
     context = browser.new_context(base_url=anvil, viewport={"width": 1280, "height": 800})
     page = context.new_page()
@@ -74,7 +74,7 @@ def test_an_answer_grows_while_it_streams_and_two_models_compare(anvil: str, ser
         expect(meta).to_contain_text("served by slowpoke")
         expect(meta).to_contain_text("tokens/s")
         assert re.search(r"TTFT \d+ ms", meta.inner_text())
-        page.screenshot(path=str(SCREENSHOTS / "playground.png"), full_page=True)
+        page.screenshot(path=str(screenshot_path("playground.png", logs_dir)), full_page=True)
 
         # Compare: the same prompt and seed to two models, side by side.
         form.get_by_label("Compare with").check()

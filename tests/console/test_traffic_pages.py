@@ -18,7 +18,7 @@ from routing.decision_log import drain_decisions
 from routing.models import DecisionRecord
 from serves.models import Serve
 from tests.support.breakers import forget_breakers
-from tests.support.browser import off_the_browser_loop
+from tests.support.browser import off_the_browser_loop, screenshot_path
 from tests.support.live import live_anvil, until_routed
 from tests.support.processes import free_port
 from tests.support.profiles import allow_tiers
@@ -27,7 +27,6 @@ from tests.support.waiting import wait_for
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 PASSWORD = "pw-for-browser-tests"
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +57,7 @@ def traffic(anvil: str, upstream: str) -> list[str]:
 
 
 def test_filter_by_serve_open_a_decision_and_read_its_attempts(anvil: str, traffic: list[str],
-                                                               browser: Browser) -> None:
+                                                               browser: Browser, logs_dir: Path) -> None:
     context = browser.new_context(base_url=anvil, viewport={"width": 1280, "height": 800})
     page = context.new_page()
     page.set_default_timeout(15_000)
@@ -79,7 +78,7 @@ def test_filter_by_serve_open_a_decision_and_read_its_attempts(anvil: str, traff
         for index in range(6):
             expect(rows.nth(index)).to_contain_text("beta")
             expect(rows.nth(index)).to_contain_text("fallback")
-        page.screenshot(path=str(SCREENSHOTS / "traffic.png"), full_page=True)
+        page.screenshot(path=str(screenshot_path("traffic.png", logs_dir)), full_page=True)
         rows.first.get_by_role("link").click()
         expect(page.locator("h1")).to_contain_text("Decision")
         attempts = page.locator("#attempts tbody tr")
@@ -88,7 +87,7 @@ def test_filter_by_serve_open_a_decision_and_read_its_attempts(anvil: str, traff
         expect(attempts.nth(1).locator('[data-field="outcome"]')).to_have_text("served")
         expect(page.locator('#candidates tr[data-serve="alpha"]')).to_contain_text("allow")
         expect(page.locator('[data-field="served-by"]')).to_contain_text("beta")
-        page.screenshot(path=str(SCREENSHOTS / "decision.png"), full_page=True)
+        page.screenshot(path=str(screenshot_path("decision.png", logs_dir)), full_page=True)
         assert page.url.rstrip("/").rsplit("/", 1)[-1] in off_the_browser_loop(
             lambda: [str(pk) for pk in DecisionRecord.objects.filter(served_by="beta").values_list("pk", flat=True)])
     finally:

@@ -7,6 +7,7 @@ chromium``, which .ci/run does); without it the tests fail saying so, never skip
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,6 +42,13 @@ def browser() -> Iterator[Browser]:
             yield launched
         finally:
             launched.close()
+
+
+def screenshot_path(name: str, fallback: Path) -> Path:
+    """Where a browser test saves its screenshot: ``ANVIL_SCREENSHOTS`` (``docs/screenshots`` when refreshing the
+    README's pictures), else ``fallback`` (the test's logs): a test run never rewrites tracked files."""
+    chosen = os.environ.get("ANVIL_SCREENSHOTS")
+    return (Path(chosen) if chosen else fallback) / name
 
 
 def off_the_browser_loop(work: Callable[[], T]) -> T:
