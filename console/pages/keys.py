@@ -3,6 +3,8 @@ see each key's settings, last use, last 24 hours and budget."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -36,22 +38,22 @@ def keys(request: HttpRequest) -> HttpResponse:
 @staff_member_required
 @require_POST
 def revoke(request: HttpRequest, name: str) -> HttpResponseRedirect:
-    try:
-        revoke_key(name)
-    except ApiKeyError as exc:
-        messages.error(request, str(exc))
-    else:
-        messages.success(request, f"Revoked {name}: its requests get 401 within a second. Restore it to undo.")
-    return HttpResponseRedirect(reverse("console:keys"))
+    return _change(request, revoke_key, name, f"Revoked {name}: its requests get 401 within a second. Restore it to "
+                   "undo.")
 
 
 @staff_member_required
 @require_POST
 def restore(request: HttpRequest, name: str) -> HttpResponseRedirect:
+    return _change(request, restore_key, name, f"Restored {name}: the same secret works again within a second.")
+
+
+def _change(request: HttpRequest, change: Callable[[str], object], name: str, done: str) -> HttpResponseRedirect:
+    """Apply ``change`` to the key, say how it went, and go back to the keys page."""
     try:
-        restore_key(name)
+        change(name)
     except ApiKeyError as exc:
         messages.error(request, str(exc))
     else:
-        messages.success(request, f"Restored {name}: the same secret works again within a second.")
+        messages.success(request, done)
     return HttpResponseRedirect(reverse("console:keys"))

@@ -12,7 +12,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from playwright.sync_api import Browser, expect
 
-from tests.support.browser import off_the_browser_loop, screenshot_path
+from tests.support.browser import off_the_browser_loop, screenshot_path, sign_in
 from tests.support.live import live_anvil
 from tests.support.waiting import wait_for
 
@@ -38,10 +38,7 @@ def test_create_see_once_revoke_and_restore_a_key(anvil: str, browser: Browser, 
     page.set_default_timeout(15_000)
     expect.set_options(timeout=15_000)
     try:
-        page.goto("/console/keys/")
-        page.fill("#id_username", "ops")
-        page.fill("#id_password", PASSWORD)
-        page.click("input[type=submit]")
+        sign_in(page, "/console/keys/", "ops", PASSWORD)
         expect(page.locator("h1")).to_have_text("Keys")
         form = page.get_by_role("form", name="Create a key")
         form.get_by_label("Name").fill("team-a")

@@ -17,7 +17,7 @@ from playwright.sync_api import Browser, expect
 from serves.loading import do_load, do_unload
 from serves.models import Serve
 from tests.inference.test_pool_queues import scripted
-from tests.support.browser import off_the_browser_loop, screenshot_path
+from tests.support.browser import off_the_browser_loop, screenshot_path, sign_in
 from tests.support.celery_worker import celery_worker
 from tests.support.live import live_anvil
 
@@ -49,11 +49,7 @@ def test_unload_then_load_with_an_override_live(anvil: str, serve: Serve, browse
     page.set_default_timeout(STEP_MS)
     expect.set_options(timeout=STEP_MS)
     try:
-        page.goto("/")
-        assert "/admin/login/" in page.url
-        page.fill("#id_username", "ops")
-        page.fill("#id_password", PASSWORD)
-        page.click("input[type=submit]")
+        sign_in(page, "/", "ops", PASSWORD)
         expect(page.locator("h1")).to_have_text("Models")
         row = page.locator(f'tr.serve[data-serve="{serve.name}"]')
         state = row.locator('[data-field="state"] .badge')

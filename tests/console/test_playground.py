@@ -15,7 +15,7 @@ from playwright.sync_api import Browser, expect
 
 from serves.models import Serve
 from tests.support.breakers import forget_breakers
-from tests.support.browser import off_the_browser_loop, screenshot_path
+from tests.support.browser import off_the_browser_loop, screenshot_path, sign_in
 from tests.support.live import live_anvil, scripted_upstream
 from tests.support.profiles import allow_tiers
 
@@ -52,10 +52,7 @@ def test_an_answer_grows_while_it_streams_and_two_models_compare(anvil: str, ser
     page.set_default_timeout(20_000)
     expect.set_options(timeout=20_000)
     try:
-        page.goto("/console/playground/")
-        page.fill("#id_username", "ops")
-        page.fill("#id_password", PASSWORD)
-        page.click("input[type=submit]")
+        sign_in(page, "/console/playground/", "ops", PASSWORD)
         expect(page.locator("h1")).to_have_text("Playground")
         expect(page.locator("#play-live")).to_have_text("connected")
         form = page.get_by_role("form", name="Chat")

@@ -18,7 +18,7 @@ from routing.decision_log import drain_decisions
 from routing.models import DecisionRecord
 from serves.models import Serve
 from tests.support.breakers import forget_breakers
-from tests.support.browser import off_the_browser_loop, screenshot_path
+from tests.support.browser import off_the_browser_loop, screenshot_path, sign_in
 from tests.support.live import live_anvil, until_routed
 from tests.support.processes import free_port
 from tests.support.profiles import allow_tiers
@@ -63,10 +63,7 @@ def test_filter_by_serve_open_a_decision_and_read_its_attempts(anvil: str, traff
     page.set_default_timeout(15_000)
     expect.set_options(timeout=15_000)
     try:
-        page.goto("/console/traffic/")
-        page.fill("#id_username", "ops")
-        page.fill("#id_password", PASSWORD)
-        page.click("input[type=submit]")
+        sign_in(page, "/console/traffic/", "ops", PASSWORD)
         expect(page.locator("h1")).to_have_text("Traffic")
         expect(page.locator(".charts svg")).to_have_count(4)
         requests_chart = page.locator('.charts svg[aria-label^="Requests per minute"]')

@@ -20,7 +20,7 @@ from inference.keys import create_key
 from routing.models import ProfileEntry
 from serves.models import Serve
 from tests.evals.capacity_rows import LEVELS, capacity_run
-from tests.support.browser import off_the_browser_loop
+from tests.support.browser import off_the_browser_loop, sign_in
 from tests.support.celery_worker import celery_worker
 from tests.support.live import live_anvil, until_routed
 
@@ -73,11 +73,7 @@ def test_operator_runs_reviews_and_promotes_in_a_browser(anvil: str, stack: Stac
     expect.set_options(timeout=STEP_MS)
     try:
         # Log in: the console sends an anonymous visitor to the admin's login page and back.
-        page.goto("/console/evals/")
-        assert "/admin/login/" in page.url
-        page.fill("#id_username", "ops")
-        page.fill("#id_password", PASSWORD)
-        page.click("input[type=submit]")
+        sign_in(page, "/console/evals/", "ops", PASSWORD)
         expect(page.locator("h1")).to_have_text("Eval runs")
 
         # Start a planning run from the form; no worker runs yet, so it waits, queued, at 0%.

@@ -17,7 +17,7 @@ import pytest
 from django.db import connections
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
+    from playwright.sync_api import Browser, Page
 
 T = TypeVar("T")
 
@@ -42,6 +42,15 @@ def browser() -> Iterator[Browser]:
             yield launched
         finally:
             launched.close()
+
+
+def sign_in(page: Page, path: str, username: str, password: str) -> None:
+    """Open ``path`` as an anonymous visitor, get sent to the admin's sign-in page, sign in and come back."""
+    page.goto(path)
+    assert "/admin/login/" in page.url
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("input[type=submit]")
 
 
 def screenshot_path(name: str, fallback: Path) -> Path:
