@@ -30,6 +30,7 @@ from serves.probes import gpus
 log = logging.getLogger(__name__)
 
 HEARTBEAT_MISSES = 3
+ROW_SECONDS = 30.0  # how often the Host row's last_heartbeat is written (the Redis key is every beat)
 
 
 def heartbeat_key(name: str) -> str:
@@ -40,15 +41,18 @@ def reported_gpus() -> list[dict[str, object]]:
     return [{"index": gpu.index, "uuid": gpu.uuid, "total_mib": gpu.total_mib} for gpu in gpus()]
 
 
-def beat(client: redis.Redis, name: str, started: float, found_gpus: list[dict[str, object]]) -> None:
-    """One heartbeat: the Redis key (what the front door reads) and the row (what people read)."""
+def beat(client: redis.Redis, name: str, started: float, found_gpus: list[dict[str, object]],
+         write_row: bool = True) -> None:
+    """One heartbeat: the Redis key (what the front door reads) and, when ``write_row``, the row (what people
+    read; written every ``ROW_SECONDS`` only: a write per beat contends with the agent's own tasks on SQLite)."""
     period = settings.ANVIL_HOST_HEARTBEAT
     client.set(heartbeat_key(name), json.dumps({"at": time.time(), "pid": os.getpid(), "started": started,
                                                 "gpus": found_gpus}), px=int(period * HEARTBEAT_MISSES * 1000))
-    Host.objects.update_or_create(name=name, defaults={"gpus": found_gpus, "pid": os.getpid(),
-                                                       "last_heartbeat": timezone.now(),
-                                                       "started_at": timezone.datetime.fromtimestamp(
-                                                           started, tz=timezone.get_current_timezone())})
+    if write_row:
+        Host.objects.update_or_create(name=name, defaults={"gpus": found_gpus, "pid": os.getpid(),
+                                                           "last_heartbeat": timezone.now(),
+                                                           "started_at": timezone.datetime.fromtimestamp(
+                                                               started, tz=timezone.get_current_timezone())})
 
 
 def start_heartbeats(name: str) -> threading.Event:
@@ -62,9 +66,13 @@ def start_heartbeats(name: str) -> threading.Event:
 
         client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=settings.ANVIL_REDIS_TIMEOUT,
                                       socket_connect_timeout=settings.ANVIL_REDIS_TIMEOUT)
+        row_written = float("-inf")
         while not stop.is_set():
             try:
-                beat(client, name, started, found)
+                now = time.monotonic()
+                beat(client, name, started, found, write_row=now - row_written >= ROW_SECONDS)
+                if now - row_written >= ROW_SECONDS:
+                    row_written = now
                 watch(f"process watch on host {name}", host=name)  # its own processes: only this host sees them
             except Exception as exc:  # Redis or the database away: beat again next period, say it once a period
                 log.warning("host %s: heartbeat failed (%s: %s)", name, type(exc).__name__, exc)
