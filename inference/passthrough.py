@@ -35,8 +35,8 @@ from inference.errors import (
 from inference.exchange import upstream_request_id
 from inference.key_limits import limited
 from inference.key_reach import reach_of, within
-from inference.pool_wait import Reach, reaching
-from inference.serving import DecisionRecordDraft, make_decision, not_loaded, raise_if_out_of_reach, refusal, top_price
+from inference.pool_wait import Reach, not_loaded, reaching
+from inference.serving import DecisionRecordDraft, make_decision, raise_if_out_of_reach, refusal, top_price
 from inference.upstream_client import UpstreamError, UpstreamRequest, UpstreamTimedOut, open_upstream
 from inference.wire import Dialect, anthropic_client
 from routing import web_state

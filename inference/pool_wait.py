@@ -30,7 +30,7 @@ from anvil_site.metrics import QUEUE_WAIT
 from anvil_site.task_queue import QueueUnavailable
 from inference.attempt import EVENT_STREAM, STREAM_HEADERS, ResponseSink
 from inference.auth import Principal
-from inference.errors import Unavailable
+from inference.errors import FrontDoorError, Unavailable
 from inference.inflight import in_flight
 from inference.serve_queue import UNLIMITED, QueueSpec, Wait, Waiter, serve_queues
 from serves.catalog import ServeView, current_serves
@@ -39,6 +39,25 @@ from serves.operations import LoadConflict, request_load
 log = logging.getLogger(__name__)
 
 HEARTBEAT = b": keep-alive\n\n"
+
+
+LOADING_RETRY_AFTER = 5
+
+
+def not_loaded(model: str, state: str, error_code: str = "") -> FrontDoorError:
+    """A request naming a model that is not loaded: 503, saying when to retry or how to load it."""
+    if state == "loading":
+        return Unavailable(f"The model {model!r} is loading; retry shortly.", code="model_loading",
+                           headers=[(b"retry-after", str(LOADING_RETRY_AFTER).encode())])
+    if error_code == "host_silent":
+        return Unavailable(f"The model {model!r} is unknown (host_silent): the host agent that runs it stopped "
+                           "beating, so nothing drives it. Requests go to it again once the agent is back "
+                           "(manage.py runhost on that host).", code="model_not_loaded",
+                           headers=[(b"retry-after", b"5")])
+    why = f"{state} ({error_code})" if error_code else state
+    return Unavailable(f"The model {model!r} is not loaded ({why}). Load it with POST /v1/admin/models/{model}/load "
+                       f"(a key with the admin scope) or `python manage.py serves load {model}`.",
+                       code="model_not_loaded")
 
 
 def queue_spec(serve: ServeView) -> QueueSpec:
@@ -87,6 +106,8 @@ class _Waiting:
             code = current.load_error or "load_failed"
             raise Unavailable(f"The model {self.serve.model!r} could not be loaded ({code}); its log is at "
                               f"/v1/admin/models. Retry once the cause is fixed.", code=code)
+        if current.load_error == "host_silent":  # its agent stopped beating: no load or answer comes until it is back
+            raise not_loaded(self.serve.model, current.model_state, current.load_error)
         if current.on_demand and current.model_state in ("unloaded", "failed"):
             await self.ask_for_load()
         elif not current.on_demand and current.model_state not in ("loaded", "loading"):

@@ -37,7 +37,7 @@ from inference.exchange import Exchange
 from inference.inflight import in_flight
 from inference.key_limits import limited
 from inference.key_reach import reach_of, within
-from inference.pool_wait import Reach, reaching
+from inference.pool_wait import Reach, not_loaded, reaching
 from inference.wire import Dialect, DialectError
 from routing import web_state
 from routing.breaker import SKIP
@@ -221,25 +221,6 @@ def refusal(decision: Decision, serves_known: str, *, circuits_open: tuple[str, 
                            + (f" Also excluded: {others}." if others else "") + f" {review}", code="profile_denied")
     why = "; ".join(f"{name}: {reason}" for name, reason in decision.excluded) or "no enabled serve"
     return Unavailable(f"No serve may answer this {decision.work_class} request ({why}).")
-
-
-LOADING_RETRY_AFTER = 5
-
-
-def not_loaded(model: str, state: str, error_code: str = "") -> FrontDoorError:
-    """A request naming a model that is not loaded: 503, saying when to retry or how to load it."""
-    if state == "loading":
-        return Unavailable(f"The model {model!r} is loading; retry shortly.", code="model_loading",
-                           headers=[(b"retry-after", str(LOADING_RETRY_AFTER).encode())])
-    if error_code == "host_silent":
-        return Unavailable(f"The model {model!r} is unknown (host_silent): the host agent that runs it stopped "
-                           "beating, so nothing drives it. Requests go to it again once the agent is back "
-                           "(manage.py runhost on that host).", code="model_not_loaded",
-                           headers=[(b"retry-after", b"5")])
-    why = f"{state} ({error_code})" if error_code else state
-    return Unavailable(f"The model {model!r} is not loaded ({why}). Load it with POST /v1/admin/models/{model}/load "
-                       f"(a key with the admin scope) or `python manage.py serves load {model}`.",
-                       code="model_not_loaded")
 
 
 def commit_rule(candidate: Candidate, stream: bool) -> tuple[CommitRule, bool]:

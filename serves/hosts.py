@@ -3,8 +3,12 @@
 An agent beats every ``ANVIL_HOST_HEARTBEAT`` seconds: a Redis key ``…:host:<name>`` that expires after
 ``HEARTBEAT_MISSES`` beats, and its ``Host`` row. A serve whose ``host`` has no live key is **unknown** to the
 front door (``serves.catalog``): routing stops sending to it, says why (``host_silent``), and sends again the
-moment the beats return. Its lifecycle work waits in the host's queue (``host.<name>``) meanwhile, and a task
-the dead agent had taken is redelivered when it comes back (the load task is ``acks_late``).
+moment the beats return. Its lifecycle work waits in the host's queue (``host.<name>``) meanwhile.
+
+A task the dead agent had taken and not acknowledged (the load task is ``acks_late``) would come back only after
+the broker's visibility timeout (an hour: it must outlast the longest load). An agent is the only consumer of its
+queue, so when one starts (``take_over``) it waits out a predecessor's last beat, refuses to run beside a live
+one, and puts back at once what the predecessor held: the redelivered load adopts the engine it started.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import weakref
@@ -46,13 +51,55 @@ def beat(client: redis.Redis, name: str, started: float, found_gpus: list[dict[s
     """One heartbeat: the Redis key (what the front door reads) and, when ``write_row``, the row (what people
     read; written every ``ROW_SECONDS`` only: a write per beat contends with the agent's own tasks on SQLite)."""
     period = settings.ANVIL_HOST_HEARTBEAT
-    client.set(heartbeat_key(name), json.dumps({"at": time.time(), "pid": os.getpid(), "started": started,
-                                                "gpus": found_gpus}), px=int(period * HEARTBEAT_MISSES * 1000))
+    client.set(heartbeat_key(name), json.dumps({"at": time.time(), "pid": os.getpid(), "machine": socket.gethostname(),
+                                                "started": started, "gpus": found_gpus}),
+               px=int(period * HEARTBEAT_MISSES * 1000))
     if write_row:
         Host.objects.update_or_create(name=name, defaults={"gpus": found_gpus, "pid": os.getpid(),
                                                            "last_heartbeat": timezone.now(),
                                                            "started_at": timezone.datetime.fromtimestamp(
                                                                started, tz=timezone.get_current_timezone())})
+
+
+class HostTaken(Exception):
+    """Another agent of the same name is alive: two would take each other's tasks."""
+
+
+def take_over(name: str, client: redis.Redis) -> int:
+    """Before an agent consumes ``host.<name>``: wait until a previous agent's beat lapses (a killed agent's lasts
+    ``HEARTBEAT_MISSES`` periods), raise ``HostTaken`` when it does not, then requeue what that agent had taken
+    and never acknowledged. Returns how many tasks were put back."""
+    deadline = time.monotonic() + settings.ANVIL_HOST_HEARTBEAT * (HEARTBEAT_MISSES + 1)
+    while (last := client.get(heartbeat_key(name))) is not None:
+        if time.monotonic() > deadline:
+            found = json.loads(last)
+            raise HostTaken(f"an agent for host {name} still beats (pid {found.get('pid')} on "
+                            f"{found.get('machine', 'an unnamed machine')}): stop it first")
+        time.sleep(min(0.2, settings.ANVIL_HOST_HEARTBEAT))
+    return requeue_unacknowledged(f"host.{name}")
+
+
+def requeue_unacknowledged(queue: str) -> int:
+    """Put the tasks taken from ``queue`` and never acknowledged back at its head (kombu's Redis transport keeps
+    them in its ``unacked`` hash until the visibility timeout). Only for a queue whose consumers are all gone."""
+    from anvil_site.celery import app  # the Celery app imports every task module: at call time
+
+    restored = 0
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        if not hasattr(channel, "unacked_key"):  # not the Redis transport: the broker redelivers on its own
+            return 0
+        for tag, raw in list(channel.client.hscan_iter(channel.unacked_key)):
+            try:
+                _payload, _exchange, routing_key = json.loads(raw)
+            except ValueError:
+                continue
+            if routing_key == queue:
+                channel.qos.restore_by_tag(tag, client=channel.client, leftmost=True)
+                restored += 1
+    if restored:
+        log.warning("host queue %s: put back %d task(s) a previous agent took and never finished", queue, restored)
+    return restored
 
 
 def start_heartbeats(name: str) -> threading.Event:

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
+
 from serves.models import Preset, Serve
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -49,7 +51,7 @@ def _flags(args: dict[str, Any], table: Flags) -> list[str]:
 def _vllm(serve: Serve, args: dict[str, Any]) -> list[str]:
     argv = [str(args.get("python") or sys.executable), "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(args.get("model") or serve.model_source or serve.served_model),
-            "--served-model-name", serve.served_model, "--host", "127.0.0.1", "--port", str(serve.port)]
+            "--served-model-name", serve.served_model, "--host", _bind(), "--port", str(serve.port)]
     argv += _flags(args, [
         ("max_model_len", "--max-model-len"), ("dtype", "--dtype"),
         ("gpu_memory_utilization", "--gpu-memory-utilization"), ("kv_cache_memory_bytes", "--kv-cache-memory-bytes"),
@@ -66,7 +68,7 @@ def _llama_cpp(serve: Serve, args: dict[str, Any]) -> list[str]:
     if not model:
         raise PresetError("model", "the GGUF file to serve")
     if args.get("binary"):  # llama.cpp's own llama-server
-        argv = [str(args["binary"]), "-m", model, "--host", "127.0.0.1", "--port", str(serve.port),
+        argv = [str(args["binary"]), "-m", model, "--host", _bind(), "--port", str(serve.port),
                 "--alias", serve.served_model]
         return argv + _flags(args, [("ctx_size", "-c"), ("n_gpu_layers", "-ngl"), ("mmproj", "--mmproj"),
                                     ("draft_model", "-md"), ("chat_template", "--chat-template"),
@@ -74,7 +76,7 @@ def _llama_cpp(serve: Serve, args: dict[str, Any]) -> list[str]:
     # --interrupt_requests false: llama-cpp-python's server otherwise cuts a stream short whenever another
     # request arrives (bench/pool.py saw streams end mid-answer under two clients); Anvil queues instead.
     argv = [str(args.get("python") or sys.executable), "-m", "llama_cpp.server", "--model", model,
-            "--host", "127.0.0.1", "--port", str(serve.port), "--model_alias", serve.served_model,
+            "--host", _bind(), "--port", str(serve.port), "--model_alias", serve.served_model,
             "--interrupt_requests", "false"]
     return argv + _flags(args, [("ctx_size", "--n_ctx"), ("n_gpu_layers", "--n_gpu_layers"),
                                 ("chat_format", "--chat_format"), ("mmproj", "--clip_model_path"),
@@ -84,7 +86,7 @@ def _llama_cpp(serve: Serve, args: dict[str, Any]) -> list[str]:
 def _sglang(serve: Serve, args: dict[str, Any]) -> list[str]:
     argv = [str(args.get("python") or sys.executable), "-m", "sglang.launch_server",
             "--model-path", str(args.get("model") or serve.model_source or serve.served_model),
-            "--served-model-name", serve.served_model, "--host", "127.0.0.1", "--port", str(serve.port)]
+            "--served-model-name", serve.served_model, "--host", _bind(), "--port", str(serve.port)]
     return argv + _flags(args, [("context_length", "--context-length"),
                                 ("mem_fraction_static", "--mem-fraction-static"),
                                 ("tool_call_parser", "--tool-call-parser"), ("reasoning_parser", "--reasoning-parser"),
@@ -95,8 +97,8 @@ def _runinference(serve: Serve, args: dict[str, Any]) -> list[str]:
     if not args.get("checkpoint"):
         raise PresetError("checkpoint", "the checkpoint directory to serve")
     argv = [str(args.get("python") or sys.executable), str(ROOT / "manage.py"), "runinference",
-            "--checkpoint", str(args["checkpoint"]), "--port", str(serve.port), "--served-model-name",
-            serve.served_model]
+            "--checkpoint", str(args["checkpoint"]), "--host", _bind(), "--port", str(serve.port),
+            "--served-model-name", serve.served_model]
     return argv + _flags(args, [("max_tokens", "--max-tokens"), ("max_batch", "--max-batch"),
                                 ("max_queue", "--max-queue"), ("autocast", "--autocast")])
 
@@ -137,7 +139,8 @@ def check_preset_args(preset: str, args: Any) -> None:
 
 
 def build_argv(serve: Serve, overrides: dict[str, Any] | None = None) -> list[str]:
-    """The argv that starts ``serve``, with ``overrides`` laid over its fields; {port} and {dir} expanded."""
+    """The argv that starts ``serve``, with ``overrides`` laid over its fields; {port} and {bind} expanded ({dir}
+    was, when the manifest was read)."""
     if serve.preset:
         args = {**(serve.preset_args or {}), **(overrides or {})}
         check_preset_args(serve.preset, args)
@@ -146,4 +149,10 @@ def build_argv(serve: Serve, overrides: dict[str, Any] | None = None) -> list[st
         if not serve.command:
             raise PresetError("command", "a process serve needs a command or a preset")
         argv = list(serve.command) + list((overrides or {}).get("extra_args") or [])
-    return [part.replace("{port}", str(serve.port or "")) for part in argv]
+    return [part.replace("{port}", str(serve.port or "")).replace("{bind}", _bind()) for part in argv]
+
+
+def _bind() -> str:
+    """Where this host's engines listen: loopback on one machine; on a GPU host the address the web nodes reach
+    (``ANVIL_ENGINE_BIND`` in the agent's environment, docs/deploy.md)."""
+    return settings.ANVIL_ENGINE_BIND

@@ -9,21 +9,19 @@ in this test that decodes what it receives), a scripted upstream that records th
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from inference.keys import create_key
 from serves.models import Serve
 from tests.support.breakers import forget_breakers
 from tests.support.live import live_anvil, scripted_upstream, until_routed
+from tests.support.otlp import Collector, collector
 from tests.support.profiles import allow_tiers
 from tests.support.waiting import wait_for
 
@@ -33,42 +31,10 @@ CANARY = "zebra-canary-4711"  # the prompt: it must appear in no span
 CLIENT_TRACE, CLIENT_SPAN = uuid.uuid4().hex, uuid.uuid4().hex[:16]
 
 
-class Collector(ThreadingHTTPServer):
-    """Accepts OTLP/HTTP protobuf trace exports and keeps every span it was sent."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.spans: list[dict[str, Any]] = []
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-        body = self.rfile.read(int(self.headers["content-length"]))
-        export = ExportTraceServiceRequest.FromString(body)
-        for resource in export.resource_spans:
-            service = next((a.value.string_value for a in resource.resource.attributes if a.key == "service.name"), "")
-            for scope in resource.scope_spans:
-                for span in scope.spans:
-                    self.server.spans.append({  # type: ignore[attr-defined]
-                        "name": span.name, "trace": span.trace_id.hex(), "id": span.span_id.hex(),
-                        "parent": span.parent_span_id.hex(), "service": service,
-                        "attributes": {a.key: str(a.value) for a in span.attributes}})
-        self.send_response(200)
-        self.send_header("content-type", "application/x-protobuf")
-        self.send_header("content-length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
-def collector() -> Iterator[Collector]:
-    server = Collector()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
+def otlp() -> Iterator[Collector]:
+    with collector() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +44,9 @@ def upstream(module_logs: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def traced(django_db_setup: None, module_logs: Path, collector: Collector) -> Iterator[str]:
+def traced(django_db_setup: None, module_logs: Path, otlp: Collector) -> Iterator[str]:
     with live_anvil(module_logs, ANVIL_SERVE_SYNC_INTERVAL="0.2",
-                    OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.server_address[1]}",
+                    OTEL_EXPORTER_OTLP_ENDPOINT=otlp.endpoint,
                     OTEL_BSP_SCHEDULE_DELAY="100", OTEL_SERVICE_NAME="anvil-test") as url:
         yield url
 
@@ -106,12 +72,12 @@ def ask(anvil: str, key: str, upstream: str, traceparent: str | None) -> dict[st
 
 
 def test_a_request_continues_the_clients_trace_and_hands_it_upstream(traced: str, key: str, upstream: str,
-                                                                     collector: Collector) -> None:
+                                                                     otlp: Collector) -> None:
     until_routed(traced, key, {"traced": "allow"})
     seen = ask(traced, key, upstream, f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01")
 
     def spans() -> dict[str, dict[str, Any]] | None:
-        ours = {s["name"]: s for s in collector.spans if s["trace"] == CLIENT_TRACE}
+        ours = {s["name"]: s for s in otlp.spans if s["trace"] == CLIENT_TRACE}
         return ours if {"anvil.request", "anvil.decide", "anvil.attempt", "anvil.upstream"} <= set(ours) else None
 
     found = wait_for(spans, 15, "the request's spans at the collector")
@@ -124,7 +90,7 @@ def test_a_request_continues_the_clients_trace_and_hands_it_upstream(traced: str
     # The upstream continues the trace from Anvil's upstream span.
     assert seen["traceparent"].split("-")[1:3] == [CLIENT_TRACE, found["anvil.upstream"]["id"]]
     # Metadata only: the prompt is in no span Anvil sent.
-    assert not any(CANARY in value for span in collector.spans for value in span["attributes"].values())
+    assert not any(CANARY in value for span in otlp.spans for value in span["attributes"].values())
 
 
 def test_without_an_endpoint_nothing_is_traced(django_db_setup: None, module_logs: Path, key: str,

@@ -86,8 +86,12 @@ class PrivatePostgres:
 
 
 @contextmanager
-def private_postgres(log_dir: Path) -> Iterator[PrivatePostgres]:
-    """A started cluster on a free loopback port; stopped and deleted on exit (its log copied to ``log_dir``)."""
+def private_postgres(log_dir: Path, also_listen: tuple[str, ...] = (),
+                     trust_network: str = "") -> Iterator[PrivatePostgres]:
+    """A started cluster on a free loopback port; stopped and deleted on exit (its log copied to ``log_dir``).
+
+    ``also_listen``: more addresses to listen on (a test's own veth addresses), and ``trust_network`` the
+    network (CIDR) whose clients it trusts beside loopback."""
     bin_dir = postgres_bin()
     root = Path(tempfile.mkdtemp(prefix="anvil-pg-"))
     as_owner: list[str] = []
@@ -107,9 +111,12 @@ def private_postgres(log_dir: Path) -> Iterator[PrivatePostgres]:
         cluster._run("initdb", "-D", str(cluster.data), "-U", USER, "--auth=trust", "--no-sync",
                      "--encoding=UTF8", "--locale=C")
         sockets = root / "sockets"
-        settings = (f"\nport = {cluster.port}\nlisten_addresses = '127.0.0.1'\n"
+        listen = ",".join(("127.0.0.1", *also_listen))
+        settings = (f"\nport = {cluster.port}\nlisten_addresses = '{listen}'\n"
                     f"unix_socket_directories = '{sockets}'\nfsync = off\nfull_page_writes = off\n")
         _append_as_owner(cluster, cluster.data / "postgresql.conf", settings)
+        if trust_network:
+            _append_as_owner(cluster, cluster.data / "pg_hba.conf", f"\nhost all all {trust_network} trust\n")
         _mkdir_as_owner(cluster, sockets)
         cluster.start()
         yield cluster

@@ -570,6 +570,7 @@ def build_app(deltas: int, delay: float) -> web.Application:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--deltas", type=int, default=8)
     parser.add_argument("--delay-ms", type=float, default=5)
     parser.add_argument("--force-scenario")
@@ -579,7 +580,7 @@ def main() -> None:
     app = build_app(args.deltas, args.delay_ms / 1000)
     # handler_cancellation: a client that goes away cancels its handler, which
     # is what the disconnect tests observe.
-    web.run_app(app, host="127.0.0.1", port=args.port, print=None, handler_cancellation=True, access_log=None)
+    web.run_app(app, host=args.host, port=args.port, print=None, handler_cancellation=True, access_log=None)
 
 
 if __name__ == "__main__":

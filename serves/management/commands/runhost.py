@@ -2,7 +2,9 @@
 
 A Celery worker consuming the queue ``host.NAME`` (the lifecycle work of the serves whose ``host`` is NAME:
 loads, unloads, compose operations) with concurrency 1 and prefetch 1, so one lifecycle operation runs at a
-time on a host, and heartbeats to Redis (``serves/hosts.py``). Stop it with SIGTERM or Ctrl-C.
+time on a host, and heartbeats to Redis (``serves/hosts.py``). Before it consumes, it takes the queue over from
+a previous agent of the same name (``take_over``: what a killed agent held comes back at once). Stop it with
+SIGTERM or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+import redis
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from prometheus_client import start_http_server
 
 from anvil_site.celery import app
-from serves.hosts import start_heartbeats
+from serves.hosts import HostTaken, start_heartbeats, take_over
 from serves.models import validate_host_name
 
 
@@ -34,6 +38,14 @@ class Command(BaseCommand):
             validate_host_name(name)
         except ValidationError as exc:
             raise CommandError(" ".join(exc.messages)) from None
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=settings.ANVIL_REDIS_TIMEOUT,
+                                      socket_connect_timeout=settings.ANVIL_REDIS_TIMEOUT)
+        try:
+            take_over(name, client)
+        except HostTaken as exc:
+            raise CommandError(str(exc)) from None
+        finally:
+            client.close()
         if options["metrics_port"]:
             start_http_server(options["metrics_port"])
         stop = start_heartbeats(name)
