@@ -1,5 +1,7 @@
-"""Who handles which path (served by Daphne as ``anvil_site.asgi:application``).
+"""Who handles which path (served as ``anvil_site.asgi:application`` by uvicorn or Daphne).
 
+* every request body is bounded first (``ANVIL_MAX_BODY_BYTES``, ``ANVIL_BODY_TIMEOUT``):
+  no consumer or view sees an oversized or trickled one (``anvil_site/body_bounds.py``);
 * the front door (``/v1/…``, ``/generate``, ``/loglikelihood``) and the probes
   (``/healthz``, ``/readyz``, ``/metrics``) go straight to their consumers,
   ahead of Django's URL resolver and middleware: the hot path pays for nothing
@@ -27,10 +29,13 @@ tracing.configure("anvil-web")  # on only when an OTLP endpoint is configured
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 
+from anvil_site.body_bounds import BodyBounds  # noqa: E402
 from anvil_site.checks import fail_fast  # noqa: E402
 from anvil_site.dispatch import PathDispatcher  # noqa: E402
 from anvil_site.health import healthz_app, readyz_app  # noqa: E402
+from anvil_site.lifespan import lifespan_app  # noqa: E402
 from anvil_site.metrics import MetricsMiddleware, metrics_app  # noqa: E402
 from anvil_site.websockets import websocket_urlpatterns  # noqa: E402
 from inference.consumers.admin import AdminConsumer  # noqa: E402
@@ -83,8 +88,9 @@ http_application = PathDispatcher(
 application = MetricsMiddleware(
     ProtocolTypeRouter(
         {
-            "http": http_application,
+            "http": BodyBounds(http_application, settings.ANVIL_MAX_BODY_BYTES, settings.ANVIL_BODY_TIMEOUT),
             "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+            "lifespan": lifespan_app,  # uvicorn's start and stop (Daphne sends none)
         }
     )
 )

@@ -31,6 +31,7 @@ E_ALLOWED_HOSTS = "anvil.E006"
 E_NUMBER = "anvil.E007"
 E_VAR_DIR = "anvil.E008"
 E_DEVICE = "anvil.E010"
+E_CHOICE = "anvil.E011"
 
 SECRET_KEY_MIN_LENGTH = 32
 
@@ -123,6 +124,18 @@ def env_device(name: str, default: str) -> str:
     if re.fullmatch(r"cpu|mps|cuda(:\d+)?", raw):
         return raw
     _problem(E_DEVICE, name, f"{name}={raw!r} is not a torch device.", "Use cpu, cuda, cuda:N or mps.")
+    return default
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """One word out of ``choices`` (case and surrounding spaces ignored)."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    word = raw.strip().lower()
+    if word in choices:
+        return word
+    _problem(E_CHOICE, name, f"{name}={raw!r} is not one of {', '.join(choices)}.")
     return default
 
 

@@ -1,10 +1,10 @@
 """The process supervisor behind ``make run`` (``python manage.py runstack``).
 
 It starts the whole stack as child processes: the embedded Redis (when
-``REDIS_URL`` is unset), the HRM inference worker, Daphne, a Celery worker and
-Celery beat; prefixes and interleaves their logs; and on Ctrl-C or SIGTERM
-stops every child, each in its own process group, so no grandchild (Celery's
-pool processes) survives.
+``REDIS_URL`` is unset), the HRM inference worker, the web process (uvicorn
+or Daphne: ``ANVIL_WEB_SERVER``), a Celery worker and Celery beat; prefixes
+and interleaves their logs; and on Ctrl-C or SIGTERM stops every child, each
+in its own process group, so no grandchild (Celery's pool processes) survives.
 
 When a child dies on its own, its ``ChildSpec.restart`` decides:
 
@@ -13,10 +13,10 @@ When a child dies on its own, its ``ChildSpec.restart`` decides:
   stayed up a minute. Every death is logged in red with its exit code, and a
   crash loop (a sixth death within five minutes) stops the stack with exit
   status 1, naming the child: restarts must not hide a child that cannot run.
-* Redis and Daphne are not restarted: the death stops the whole stack (exit
-  status 1). Without Redis no process can work, and without the web process
-  there is no front door left to keep alive; whatever runs the launcher (a
-  terminal, systemd, Compose) owns that restart.
+* Redis and the web process are not restarted: the death stops the whole
+  stack (exit status 1). Without Redis no process can work, and without the
+  web process there is no front door left to keep alive; whatever runs the
+  launcher (a terminal, systemd, Compose) owns that restart.
 
 Signals: the handler only records the signal in a plain attribute, and
 ``signal.set_wakeup_fd`` writes a byte to a self-pipe that the main loop
@@ -385,15 +385,43 @@ def embedded_redis_spec(socket_path: Path, work_dir: Path) -> ChildSpec:
     return ChildSpec("redis", argv, ready=lambda: redis_answers(url), ready_timeout=15, infrastructure=True)
 
 
-def web_spec(host: str, port: int, readiness_url: str, behind_proxy: bool = False) -> ChildSpec:
-    # Daphne with Anvil's request class: oversized and slow bodies are refused before they are spooled.
-    argv = [sys.executable, "-m", "anvil_site.webserver", "-b", host, "-p", str(port),
-            "--application-close-timeout", "10"]
-    if behind_proxy:
-        argv.append("--proxy-headers")  # the client's address, not the proxy's (the sign-in throttle keys on it)
-    argv += ["-v", "0"]  # Anvil writes its own access line per request (anvil.access, ANVIL_ACCESS_LOG)
-    argv.append("anvil_site.asgi:application")
-    return ChildSpec("web", argv, ready=lambda: http_ok(readiness_url), ready_timeout=90)
+# Longer than a proxy keeps an idle upstream connection (nginx: 60 s), so the proxy, not the web
+# process, closes it: a request the proxy sends as uvicorn closes would fail (uvicorn's default is 5 s).
+KEEP_ALIVE_SECONDS = 75
+# Streams still open at a stop get this long to end, then are cut; under the Supervisor's stop timeout,
+# so the lifespan's shutdown (closing the upstream clients) still runs before a SIGKILL could come.
+GRACEFUL_SHUTDOWN_SECONDS = 10
+
+
+def web_argv(server: str, host: str, port: int, behind_proxy: bool = False) -> list[str]:
+    """The web process (``anvil_site.asgi:application``) under ``server`` (ANVIL_WEB_SERVER).
+
+    Both bound request bodies (uvicorn in the application, ``anvil_site/body_bounds.py``; Daphne in
+    its request class, ``anvil_site/webserver.py``), and neither writes an access line: Anvil writes
+    its own per request (anvil.access, ANVIL_ACCESS_LOG). Behind a proxy they take the client's
+    address from X-Forwarded-For (the sign-in throttle keys on it); uvicorn trusts it only from the
+    addresses in FORWARDED_ALLOW_IPS (its own variable; loopback when unset).
+    """
+    if server == "uvicorn":
+        argv = [sys.executable, "-m", "uvicorn", "--host", host, "--port", str(port),
+                "--loop", "uvloop", "--http", "httptools",  # what bench/RESULTS.md measured
+                "--lifespan", "on", "--timeout-keep-alive", str(KEEP_ALIVE_SECONDS),
+                "--timeout-graceful-shutdown", str(GRACEFUL_SHUTDOWN_SECONDS),
+                "--no-access-log", "--log-level", "warning",
+                "--proxy-headers" if behind_proxy else "--no-proxy-headers"]
+    elif server == "daphne":
+        argv = [sys.executable, "-m", "anvil_site.webserver", "-b", host, "-p", str(port),
+                "--application-close-timeout", "10", "-v", "0"]
+        if behind_proxy:
+            argv.append("--proxy-headers")
+    else:
+        raise LaunchError(f"ANVIL_WEB_SERVER={server!r} is neither uvicorn nor daphne.")
+    return [*argv, "anvil_site.asgi:application"]
+
+
+def web_spec(server: str, host: str, port: int, readiness_url: str, behind_proxy: bool = False) -> ChildSpec:
+    return ChildSpec("web", web_argv(server, host, port, behind_proxy), ready=lambda: http_ok(readiness_url),
+                     ready_timeout=90)
 
 
 def worker_spec(concurrency: int) -> ChildSpec:

@@ -232,6 +232,9 @@ ANVIL_KEY_SYNC_INTERVAL = env.env_float("ANVIL_KEY_SYNC_INTERVAL", 1.0, minimum=
 # How often a web process checks whether the serves table changed (seconds).
 ANVIL_SERVE_SYNC_INTERVAL = env.env_float("ANVIL_SERVE_SYNC_INTERVAL", 1.0, minimum=0.0)
 
+# The web process's server (anvil_site/launcher.py::web_argv): uvicorn, with uvloop and httptools, served
+# 1.87x Daphne's requests/s (bench/RESULTS.md); daphne stays available.
+ANVIL_WEB_SERVER = env.env_choice("ANVIL_WEB_SERVER", "uvicorn", ("uvicorn", "daphne"))
 # Requests larger than this are refused with 413 (bytes).
 ANVIL_MAX_BODY_BYTES = env.env_int("ANVIL_MAX_BODY_BYTES", 32 * 1024 * 1024, minimum=1024)
 # The whole request body must arrive within this many seconds (a trickled body holds no request open).

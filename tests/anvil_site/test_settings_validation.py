@@ -147,3 +147,13 @@ def test_a_torch_device_is_checked(problems: list[env.SettingProblem], monkeypat
     device = env.env_device("ANVIL_DEVICE", "cpu")
     assert device == (raw if ok else "cpu")
     assert [p.check_id for p in problems] == ([] if ok else ["anvil.E010"])
+
+
+@pytest.mark.parametrize(("raw", "chosen"), [("uvicorn", "uvicorn"), (" Daphne ", "daphne"), ("", "uvicorn"),
+                                             ("gunicorn", None)])
+def test_the_web_server_is_one_of_its_choices(problems: list[env.SettingProblem], monkeypatch: pytest.MonkeyPatch,
+                                              raw: str, chosen: str | None) -> None:
+    monkeypatch.setenv("ANVIL_WEB_SERVER", raw)
+    server = env.env_choice("ANVIL_WEB_SERVER", "uvicorn", ("uvicorn", "daphne"))
+    assert server == (chosen or "uvicorn")
+    assert [p.check_id for p in problems] == ([] if chosen else ["anvil.E011"])

@@ -17,7 +17,7 @@ def upstream(module_logs: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def anvil(django_db_setup: None, django_db_blocker: object, module_logs: Path) -> Iterator[str]:
-    """Anvil under Daphne (real process) on the test database."""
+    """Anvil under its web server (real process) on the test database."""
     # First-byte clocks of 2 s (a silent serve is a quick 504); the [[slow]] streams that hold
     # slots open stay silent 30 s between tokens, so the inter-token clock keeps its default.
     with live_anvil(module_logs, ANVIL_MAX_CONCURRENCY_PER_KEY="3", ANVIL_UPSTREAM_FIRST_BYTE_TIMEOUT="2",

@@ -1,7 +1,9 @@
 """Faults a probe of the landed stack found in the front door, each as a regression test.
 
-Anvil runs under its own Daphne entry point (``anvil_site.webserver``), with short clocks; the
-upstreams are scripted processes that misbehave the way broken engines do.
+Anvil runs as the launcher starts it (its default web server), with short clocks; the upstreams are
+scripted processes that misbehave the way broken engines do. The body bounds are held under each
+server, since each enforces them in its own place (uvicorn: ``anvil_site/body_bounds.py``; Daphne:
+``anvil_site/webserver.py``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,14 @@ MAX_BODY = 65536
 
 @pytest.fixture(scope="module")
 def anvil(django_db_setup: None, module_logs: Path) -> Iterator[str]:
-    with live_anvil(module_logs, ANVIL_UPSTREAM_INTER_TOKEN_TIMEOUT="1.5", ANVIL_BODY_TIMEOUT="2",
+    with live_anvil(module_logs, ANVIL_UPSTREAM_INTER_TOKEN_TIMEOUT="1.5") as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=["uvicorn", "daphne"])
+def bounded(request: pytest.FixtureRequest, django_db_setup: None, module_logs: Path) -> Iterator[str]:
+    """Anvil under each web server, with the body clock and cap short."""
+    with live_anvil(module_logs, server=request.param, ANVIL_BODY_TIMEOUT="2",
                     ANVIL_MAX_BODY_BYTES=str(MAX_BODY)) as url:
         yield url
 
@@ -217,37 +226,45 @@ def test_the_request_id_sent_upstream_is_a_uuid(anvil: str, key: str, upstream: 
 
 
 def raw_request(anvil: str, head: bytes, body: bytes = b"", wait: float = 10) -> bytes:
+    """Everything the server answers until it closes the connection."""
     host, port = anvil.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=wait) as connection:
         connection.sendall(head + body)
         answer = b""
-        while chunk := connection.recv(65536):
-            answer += chunk
+        try:
+            while chunk := connection.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            # A server that closes with part of the body still unread resets the connection (its kernel
+            # does); uvicorn stops reading at 64 KiB buffered, so this comes after its answer, at times.
+            assert answer, "the connection was reset before any answer"
         return answer
 
 
-def test_a_declared_oversized_body_is_refused_before_it_is_read(anvil: str, key: str) -> None:
+def test_a_declared_oversized_body_is_refused_before_it_is_read(bounded: str, key: str) -> None:
     head = (b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
             b"x-api-key: " + key.encode() + b"\r\ncontent-length: 1073741824\r\n\r\n")
     started = time.monotonic()
-    answer = raw_request(anvil, head)  # the body is never sent: the answer must not wait for it
-    assert time.monotonic() - started < 5
+    answer = raw_request(bounded, head)  # the body is never sent: the answer must not wait for it
+    assert time.monotonic() - started < 5  # answered, and the connection closed
     status, _, body = answer.partition(b"\r\n\r\n")
     assert status.startswith(b"HTTP/1.1 413")
     assert json.loads(body)["error"]["type"] == "request_too_large"  # Anthropic's shape on its path
 
 
-def test_a_chunked_body_past_the_cap_is_refused_while_it_arrives(anvil: str, key: str) -> None:
+def test_a_chunked_body_past_the_cap_is_refused_while_it_arrives(bounded: str, key: str) -> None:
     head = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
             b"authorization: Bearer " + key.encode() + b"\r\ntransfer-encoding: chunked\r\n\r\n")
     piece = b"x" * 16384
     chunk = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
-    answer = raw_request(anvil, head, chunk * 6)  # never the closing zero-length chunk
-    assert answer.startswith(b"HTTP/1.1 413")
+    answer = raw_request(bounded, head, chunk * 6)  # never the closing zero-length chunk
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 413")
+    assert json.loads(body)["error"]["code"] == "request_too_large"  # OpenAI's shape elsewhere
 
 
-def test_a_trickled_body_is_cut_at_the_body_deadline(anvil: str, key: str) -> None:
-    host, port = anvil.removeprefix("http://").split(":")
+def test_a_trickled_body_is_cut_at_the_body_deadline(bounded: str, key: str) -> None:
+    host, port = bounded.removeprefix("http://").split(":")
     started = time.monotonic()
     with socket.create_connection((host, int(port)), timeout=15) as connection:
         connection.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n"

@@ -1,4 +1,4 @@
-"""Real processes on loopback for end-to-end tests: Anvil under Daphne, and scripted upstreams."""
+"""Real processes on loopback for end-to-end tests: Anvil under its web server, and scripted upstreams."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from django.conf import settings
 
+from anvil_site.launcher import web_argv
 from tests.support.processes import ROOT, child_env, free_port, running
 from tests.support.waiting import wait_for
 
@@ -39,11 +41,12 @@ def scripted_upstream(log_dir: Path, deltas: int = 8, delay_ms: float = 5,
 
 
 @contextmanager
-def live_anvil(log_dir: Path, **env: str) -> Iterator[str]:
-    """Daphne serving anvil_site.asgi against the test database; yields its root URL."""
+def live_anvil(log_dir: Path, server: str | None = None, **env: str) -> Iterator[str]:
+    """Anvil's web process against the test database, started as the launcher starts it, under
+    ``server`` (uvicorn or daphne; ANVIL_WEB_SERVER's by default); yields its root URL."""
+    server = server or settings.ANVIL_WEB_SERVER
     port = free_port()
-    argv = [sys.executable, "-m", "anvil_site.webserver", "-b", "127.0.0.1", "-p", str(port), "-v", "0",
-            "anvil_site.asgi:application"]
+    argv = web_argv(server, "127.0.0.1", port)
     environment = child_env(**env)
     log = log_dir / f"anvil-{port}.log"
     with running(argv, environment, log) as process:
@@ -53,7 +56,7 @@ def live_anvil(log_dir: Path, **env: str) -> Iterator[str]:
             assert process.poll() is None, log.read_text()[-3000:]
             return _answers(f"{url}/readyz")
 
-        wait_for(ready, 60, "Anvil under Daphne to be ready")
+        wait_for(ready, 60, f"Anvil under {server} to be ready")
         yield url
 
 

@@ -116,8 +116,7 @@ class HostsStack:
 
     def start_web(self, index: int) -> None:
         port = self.web_ports[index]
-        argv = [sys.executable, "-m", "anvil_site.webserver", "-b", "127.0.0.1", "-p", str(port), "-v", "0",
-                "anvil_site.asgi:application"]
+        argv = [sys.executable, str(ROOT / "manage.py"), "runweb", "--host", "127.0.0.1", "--port", str(port)]
         process = self.spawn(f"web{index + 1}", argv, self.env(
             OTEL_EXPORTER_OTLP_ENDPOINT=self.otlp.endpoint, OTEL_BSP_SCHEDULE_DELAY="100",
             OTEL_SERVICE_NAME=f"anvil-web{index + 1}"))

@@ -24,7 +24,8 @@ from anvil_site.launcher import (
 
 
 class Command(BaseCommand):
-    help = "Migrate, then run Redis (embedded, when REDIS_URL is unset), Daphne, a Celery worker and beat."
+    help = ("Migrate, then run Redis (embedded, when REDIS_URL is unset), the web process (ANVIL_WEB_SERVER), "
+            "a Celery worker and beat.")
     requires_system_checks: list[str] = []  # fail_fast below runs them, with our wording
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -50,7 +51,7 @@ class Command(BaseCommand):
             admin = ensure_admin_user()
             hrm = None if options["no_hrm"] else settings.ANVIL_HRM_CHECKPOINT
             hrm_serve = self._register_hrm(supervisor, hrm) if hrm is not None else None
-            supervisor.start(web_spec(bind.host, bind.port, f"{bind.url}/readyz",
+            supervisor.start(web_spec(settings.ANVIL_WEB_SERVER, bind.host, bind.port, f"{bind.url}/readyz",
                                       behind_proxy=settings.ANVIL_BEHIND_TLS_PROXY))
             supervisor.start(worker_spec(options["worker_concurrency"]))
             if not options["no_beat"]:
