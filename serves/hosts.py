@@ -42,23 +42,30 @@ def heartbeat_key(name: str) -> str:
     return f"{settings.ANVIL_REDIS_PREFIX}:host:{name}"
 
 
-def reported_gpus() -> list[dict[str, object]]:
-    return [{"index": gpu.index, "uuid": gpu.uuid, "total_mib": gpu.total_mib} for gpu in gpus()]
+def reported_gpus(declared: dict[str, int] | None = None) -> list[dict[str, object]]:
+    """The host's GPUs as nvidia-smi reports them; else those ``declared`` (index -> MiB, ``runhost --gpu``),
+    marked as declared: a host whose driver tools are missing or hidden from the agent still says what it has."""
+    found: list[dict[str, object]] = [{"index": gpu.index, "uuid": gpu.uuid, "total_mib": gpu.total_mib}
+                                      for gpu in gpus()]
+    if found or not declared:
+        return found
+    return [{"index": index, "uuid": "", "total_mib": mib, "declared": True} for index, mib in declared.items()]
 
 
-def beat(client: redis.Redis, name: str, started: float, found_gpus: list[dict[str, object]],
-         write_row: bool = True) -> None:
-    """One heartbeat: the Redis key (what the front door reads) and, when ``write_row``, the row (what people
-    read; written every ``ROW_SECONDS`` only: a write per beat contends with the agent's own tasks on SQLite)."""
+def beat(client: redis.Redis, name: str, started: float, found_gpus: list[dict[str, object]]) -> None:
+    """One heartbeat: the Redis key the front door reads, expiring after ``HEARTBEAT_MISSES`` periods."""
     period = settings.ANVIL_HOST_HEARTBEAT
     client.set(heartbeat_key(name), json.dumps({"at": time.time(), "pid": os.getpid(), "machine": socket.gethostname(),
                                                 "started": started, "gpus": found_gpus}),
                px=int(period * HEARTBEAT_MISSES * 1000))
-    if write_row:
-        Host.objects.update_or_create(name=name, defaults={"gpus": found_gpus, "pid": os.getpid(),
-                                                           "last_heartbeat": timezone.now(),
-                                                           "started_at": timezone.datetime.fromtimestamp(
-                                                               started, tz=timezone.get_current_timezone())})
+
+
+def write_row(name: str, started: float, found_gpus: list[dict[str, object]]) -> None:
+    """The host's row, what people read (the admin, the console): every ``ROW_SECONDS``, not every beat."""
+    Host.objects.update_or_create(name=name, defaults={"gpus": found_gpus, "pid": os.getpid(),
+                                                       "last_heartbeat": timezone.now(),
+                                                       "started_at": timezone.datetime.fromtimestamp(
+                                                           started, tz=timezone.get_current_timezone())})
 
 
 class HostTaken(Exception):
@@ -102,33 +109,43 @@ def requeue_unacknowledged(queue: str) -> int:
     return restored
 
 
-def start_heartbeats(name: str) -> threading.Event:
-    """Beat, and watch this host's engines, from a daemon thread until the returned event is set (the agent's
-    worker runs on the main thread)."""
+def start_heartbeats(name: str, declared_gpus: dict[str, int] | None = None) -> threading.Event:
+    """Beat from one daemon thread, and write the row and watch this host's engines from another, until the
+    returned event is set (the agent's worker runs on the main thread). Apart, because a slow database (SQLite
+    under the agent's own load task waits up to 20 s for its lock) must never delay a beat: three late beats
+    and the front door counts the host silent, and another agent of its name may take its queue over."""
     stop = threading.Event()
-    started, found = time.time(), reported_gpus()
+    started, found = time.time(), reported_gpus(declared_gpus)
 
-    def run() -> None:
-        from serves.loading import watch  # serves.loading reaches this module through the catalog: at call time
-
+    def beats() -> None:
         client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=settings.ANVIL_REDIS_TIMEOUT,
                                       socket_connect_timeout=settings.ANVIL_REDIS_TIMEOUT)
-        row_written = float("-inf")
         while not stop.is_set():
             try:
-                now = time.monotonic()
-                beat(client, name, started, found, write_row=now - row_written >= ROW_SECONDS)
-                if now - row_written >= ROW_SECONDS:
-                    row_written = now
-                watch(f"process watch on host {name}", host=name)  # its own processes: only this host sees them
-            except Exception as exc:  # Redis or the database away: beat again next period, say it once a period
+                beat(client, name, started, found)
+            except Exception as exc:  # Redis away: beat again next period, say it once a period
                 log.warning("host %s: heartbeat failed (%s: %s)", name, type(exc).__name__, exc)
-            finally:
-                close_old_connections()
             stop.wait(settings.ANVIL_HOST_HEARTBEAT)
         client.delete(heartbeat_key(name))  # a clean stop: silent at once, not after the misses
 
-    threading.Thread(target=run, name=f"heartbeat-{name}", daemon=True).start()
+    def rows_and_watch() -> None:
+        from serves.loading import watch  # serves.loading reaches this module through the catalog: at call time
+
+        row_written = float("-inf")
+        while not stop.is_set():
+            try:
+                if time.monotonic() - row_written >= ROW_SECONDS:
+                    write_row(name, started, found)
+                    row_written = time.monotonic()
+                watch(f"process watch on host {name}", host=name)  # its own processes: only this host sees them
+            except Exception as exc:  # the database away: try again next period
+                log.warning("host %s: watch failed (%s: %s)", name, type(exc).__name__, exc)
+            finally:
+                close_old_connections()
+            stop.wait(settings.ANVIL_HOST_HEARTBEAT)
+
+    threading.Thread(target=beats, name=f"heartbeat-{name}", daemon=True).start()
+    threading.Thread(target=rows_and_watch, name=f"watch-{name}", daemon=True).start()
     return stop
 
 

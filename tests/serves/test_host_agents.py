@@ -4,6 +4,7 @@ worker runs, so a load that completes ran on hostb's queue.
 
 * The load runs on the host's queue, and the front door answers through the serve; the control host's watch
   leaves it alone (its process is on hostb; hostb's agent watches it).
+* A second agent of the same name refuses to start while the first beats.
 * The agent is killed: within three beats its serve is unknown, and a request naming it gets a 503 saying why,
   never an answer from a serve nothing drives.
 * The agent comes back: its serve answers again, with no reload (the engine outlived the agent).
@@ -11,6 +12,7 @@ worker runs, so a load that completes ran on hostb's queue.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,7 +38,7 @@ BEAT = "0.3"
 
 @contextmanager
 def agent(log_dir: Path, name: str) -> Iterator[None]:
-    argv = [sys.executable, str(ROOT / "manage.py"), "runhost", name]
+    argv = [sys.executable, str(ROOT / "manage.py"), "runhost", name, "--gpu", "0=24576"]
     with running(argv, child_env(ANVIL_HOST_HEARTBEAT=BEAT), log_dir / f"runhost-{name}.log") as process:
         wait_for(lambda: process.poll() is None and Host.objects.filter(name=name, last_heartbeat__isnull=False)
                  .exists(), 60, f"host {name} to beat")
@@ -63,6 +65,13 @@ def test_a_hosts_serve_loads_on_its_queue_goes_unknown_when_it_stops_beating_and
             request_load(serve.name, {}, "test")
             wait_for(lambda: state_of(serve) == ModelState.LOADED, 60, "hostb's agent to load the serve")
             assert ServeEvent.objects.filter(serve=serve, state_after=ModelState.LOADED).exists()
+            # No nvidia-smi here: the host reports the GPU it was told it has.
+            assert Host.objects.get(name="hostb").gpus == [{"index": "0", "uuid": "", "total_mib": 24576,
+                                                            "declared": True}]
+            # A second agent of the same name would take the first one's tasks: it refuses to start.
+            second = subprocess.run([sys.executable, str(ROOT / "manage.py"), "runhost", "hostb"], timeout=60,
+                                    env=child_env(ANVIL_HOST_HEARTBEAT=BEAT), capture_output=True, text=True)
+            assert second.returncode != 0 and "still beats" in second.stderr, second.stderr[-2000:]
             wait_for(lambda: ask(anvil, key, serve.name).status_code == 200, 10, "the serve to answer")
             watch_serves()  # the control host's watch: another machine's processes are not its to judge
             assert state_of(serve) == ModelState.LOADED

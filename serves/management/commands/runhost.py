@@ -29,6 +29,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("name", help="The host's name, as serves name it in their host field.")
         parser.add_argument("--loglevel", default="INFO")
+        parser.add_argument("--gpu", action="append", default=[], metavar="INDEX=MIB",
+                            help="A GPU this host has, reported when nvidia-smi reports none (repeatable), "
+                            "e.g. --gpu 0=81920.")
         parser.add_argument("--metrics-port", type=int, default=0,
                             help="Serve this process's Prometheus metrics on this port (compose/prometheus.yml).")
 
@@ -38,6 +41,7 @@ class Command(BaseCommand):
             validate_host_name(name)
         except ValidationError as exc:
             raise CommandError(" ".join(exc.messages)) from None
+        declared = _declared_gpus(options["gpu"])
         client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=settings.ANVIL_REDIS_TIMEOUT,
                                       socket_connect_timeout=settings.ANVIL_REDIS_TIMEOUT)
         try:
@@ -48,7 +52,7 @@ class Command(BaseCommand):
             client.close()
         if options["metrics_port"]:
             start_http_server(options["metrics_port"])
-        stop = start_heartbeats(name)
+        stop = start_heartbeats(name, declared)
         self.stderr.write(f"host agent {name}: consuming host.{name}, beating to Redis")
         try:
             app.worker_main(["worker", "--queues", f"host.{name}", "--concurrency", "1", "--prefetch-multiplier",
@@ -56,3 +60,13 @@ class Command(BaseCommand):
                              "--without-mingle", "--without-gossip"])
         finally:
             stop.set()
+
+
+def _declared_gpus(values: list[str]) -> dict[str, int]:
+    declared = {}
+    for value in values:
+        index, _, mib = value.partition("=")
+        if not index.strip() or not mib.strip().isdigit():
+            raise CommandError(f"--gpu {value!r}: write INDEX=MIB, e.g. --gpu 0=81920")
+        declared[index.strip()] = int(mib)
+    return declared
