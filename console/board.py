@@ -39,7 +39,7 @@ def board() -> dict[str, Any]:
         if serve.enabled and serve.current_model_state == ModelState.LOADED:
             loaded_per_model[serve.public_model] += 1
     devices = {ledger.device.name: ledger.as_dict() for ledger in ledgers()}
-    alive = _live_hosts({serve.host for serve in serves if serve.host})
+    alive = live_host_names({serve.host for serve in serves if serve.host})
     rows = []
     for serve in serves:
         row = describe(serve, in_flight(serve.name), queues.get(serve.name, (0, 0, None)))
@@ -57,7 +57,8 @@ def board() -> dict[str, Any]:
     return {"models": rows, "devices": list(devices.values()), "at": timezone.now().isoformat()}
 
 
-def _live_hosts(names: set[str]) -> set[str]:
+def live_host_names(names: set[str]) -> set[str]:
+    """Which of ``names`` beat now (all of them when Redis cannot tell)."""
     if not names:
         return set()
     client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=settings.ANVIL_REDIS_TIMEOUT,

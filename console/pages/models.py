@@ -15,6 +15,7 @@ from django.views.decorators.http import require_POST
 from anvil_site.environment import describe_database, describe_redis
 from anvil_site.task_queue import QueueUnavailable
 from console.board import board
+from console.hosts import host_rows
 from inference.models import ApiKey
 from serves.loading import InvalidLoadRequest
 from serves.operations import LoadConflict, ModelNotFound, request_load, request_unload
@@ -25,6 +26,7 @@ def models(request: HttpRequest) -> HttpResponse:
     """The home page: the models board (live over ``/ws/models/``), and the stack beneath it."""
     context = {
         "board": board(),
+        "hosts": host_rows(),
         "database": describe_database(settings.DATABASES["default"]),
         "redis": describe_redis(settings.REDIS_URL),
         "redis_embedded": settings.REDIS_URL_IS_EMBEDDED,
