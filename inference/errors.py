@@ -54,13 +54,6 @@ class AuthenticationFailed(FrontDoorError):
     default_code = "invalid_api_key"
 
 
-class RequestTimeout(FrontDoorError):
-    status_code = 408
-    openai_type = "invalid_request_error"
-    anthropic_type = "invalid_request_error"
-    default_code = "request_timeout"
-
-
 class PermissionDenied(FrontDoorError):
     status_code = 403
     openai_type = "permission_error"

@@ -11,7 +11,6 @@ import uuid
 from typing import Any
 
 from channels.generic.http import AsyncHttpConsumer
-from django.conf import settings
 
 from inference.auth import KEY_CACHE, Principal, presented_key
 from inference.errors import (
@@ -20,9 +19,7 @@ from inference.errors import (
     InternalError,
     MethodNotAllowed,
     NotFound,
-    PayloadTooLarge,
     PermissionDenied,
-    RequestTimeout,
     error_body,
     error_event,
 )
@@ -48,10 +45,11 @@ class FrontDoorConsumer(AsyncHttpConsumer):
     """Authenticates, then hands the body to ``respond``; errors come out in ``dialect``.
 
     ``__call__`` is Channels' consumer entry point, replaced to do what the
-    generic one cannot: refuse an oversized or slow body while it arrives (413,
-    408), and keep listening for the client's disconnect while the response is
-    being made, cancelling the work (and so the upstream request) the moment it
-    comes. It also skips the channel layer and the per-message database hop: the
+    generic one cannot: keep listening for the client's disconnect while the
+    response is being made, cancelling the work (and so the upstream request) the
+    moment it comes. An oversized or slow body never reaches it: the server's
+    layer refuses it first (``anvil_site/body_bounds.py`` under uvicorn, Daphne's
+    request class in ``anvil_site/webserver.py``). It also skips the channel layer and the per-message database hop: the
     hot path reaches the ORM only through database_sync_to_async.
 
     Nothing escapes it. An exception that escaped would reach Daphne's
@@ -77,16 +75,7 @@ class FrontDoorConsumer(AsyncHttpConsumer):
         self.tags: dict[bytes, bytes] = {}  # response headers the serving code adds (served by, decision)
         self.started = time.perf_counter()
         self.timing: dict[str, float] = {}  # Server-Timing phases the serving code measured (ms)
-        try:
-            async with asyncio.timeout(settings.ANVIL_BODY_TIMEOUT):
-                body = await self._read_body(receive)
-        except TimeoutError:
-            await self._answer_error(RequestTimeout(f"The request body did not arrive within "
-                                                    f"{settings.ANVIL_BODY_TIMEOUT:g} s (ANVIL_BODY_TIMEOUT)."))
-            return
-        except FrontDoorError as error:
-            await self._answer_error(error)
-            return
+        body = await self._read_body(receive)
         if body is None:
             return  # the client left before sending its whole request
         work = asyncio.ensure_future(self.handle(body))
@@ -98,22 +87,15 @@ class FrontDoorConsumer(AsyncHttpConsumer):
             work.cancel()
         await asyncio.gather(work, watch, return_exceptions=True)
 
-    async def _read_body(self, receive: Any) -> bytes | None:
-        limit = settings.ANVIL_MAX_BODY_BYTES
-        for name, value in self.scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                raise PayloadTooLarge(f"The request body is {int(value)} bytes; the limit is {limit} "
-                                      "(ANVIL_MAX_BODY_BYTES).")
-        parts, size = [], 0
+    @staticmethod
+    async def _read_body(receive: Any) -> bytes | None:
+        """The whole body (already bounded in size and time); None when the client left first."""
+        parts = []
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"The request body exceeds {limit} bytes (ANVIL_MAX_BODY_BYTES).")
-            parts.append(chunk)
+            parts.append(message.get("body", b""))
             if not message.get("more_body"):
                 return b"".join(parts)
 
