@@ -433,6 +433,12 @@ def worker_spec(concurrency: int) -> ChildSpec:
     return ChildSpec("worker", argv, restart=True)
 
 
+def agent_spec(name: str) -> ChildSpec:
+    """This machine's host agent (``manage.py runhost NAME``): the serves whose host is NAME, and its beats."""
+    manage = Path(__file__).resolve().parent.parent / "manage.py"
+    return ChildSpec("agent", [sys.executable, str(manage), "runhost", name], restart=True)
+
+
 def beat_spec(work_dir: Path) -> ChildSpec:
     argv = [
         sys.executable, "-m", "celery", "-A", "anvil_site", "beat", "--loglevel", "INFO",

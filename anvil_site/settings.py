@@ -281,6 +281,8 @@ ANVIL_HOST_HEARTBEAT = env.env_float("ANVIL_HOST_HEARTBEAT", 5.0, minimum=0.2)
 # Where this machine's engines listen (the presets' --host, {bind} in a command): loopback when web and engines
 # share a machine; on a GPU host, the address the web nodes reach its serves at (docs/deploy.md).
 ANVIL_ENGINE_BIND = env.env_str("ANVIL_ENGINE_BIND", "127.0.0.1")
+# The launcher (make run) also runs this machine's host agent under this name when set (serves/hosts.py).
+ANVIL_HOST_NAME = env.env_str("ANVIL_HOST_NAME", "")
 # An allow-with-verify answer is held at most this many bytes before it is verified.
 ANVIL_COMMIT_WINDOW_BYTES = env.env_int("ANVIL_COMMIT_WINDOW_BYTES", 8 * 1024 * 1024, minimum=1024)
 ANVIL_BREAKER_FAILURES = env.env_int("ANVIL_BREAKER_FAILURES", 3, minimum=1)

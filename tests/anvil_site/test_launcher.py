@@ -16,12 +16,14 @@ from django.conf import settings
 
 from anvil_site.launcher import http_ok
 from inference.keys import create_key
+from serves.models import Host
 from tests.support.processes import ROOT, child_env, free_port, manage, stop_group
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-EXPECTED_CHILDREN = {"web", "worker", "beat"} | ({"redis"} if settings.REDIS_URL_IS_EMBEDDED else set())
+EXPECTED_CHILDREN = {"web", "worker", "beat", "agent"} | ({"redis"} if settings.REDIS_URL_IS_EMBEDDED else set())
+LOCAL_HOST = "launcher-host"  # ANVIL_HOST_NAME: the launcher runs this machine's host agent too
 
 
 class Stack:
@@ -48,7 +50,8 @@ class Stack:
 def start_stack(tmp_path: Path, port: int, hrm_port: int, log_name: str = "stack.log") -> Stack:
     env = child_env(ANVIL_BIND=f"127.0.0.1:{port}", ANVIL_VAR_DIR=str(tmp_path / "var"),
                     ANVIL_HRM_PORT=str(hrm_port), ANVIL_HRM_SWAP_PORT=str(free_port()),
-                    ANVIL_ADMIN_PASSWORD="launcher-test-pass", NO_COLOR="1")
+                    ANVIL_ADMIN_PASSWORD="launcher-test-pass", NO_COLOR="1", ANVIL_HOST_NAME=LOCAL_HOST,
+                    ANVIL_HOST_HEARTBEAT="0.5")
     log = tmp_path / log_name
     with open(log, "wb") as out:
         process = subprocess.Popen(manage("runstack"), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -109,6 +112,8 @@ def test_stack_serves_and_stops_every_child_on_sigterm(stack: Stack) -> None:
     assert chat.status_code == 200 and chat.headers["x-anvil-served-by"] == "hrm-demo", chat.text
     admin = httpx.get(f"{stack.url}/admin/login/", timeout=5)
     assert admin.status_code == 200
+    wait_for(lambda: Host.objects.filter(name=LOCAL_HOST, last_heartbeat__isnull=False).exists(), 60,
+             "the launcher's host agent to beat")
 
     family = stack.descendants()  # the model's keeper and engine too: the worker started them
     assert len(family) >= len(EXPECTED_CHILDREN) + 2

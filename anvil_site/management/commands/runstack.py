@@ -15,6 +15,7 @@ from anvil_site.launcher import (
     LaunchError,
     StopRequested,
     Supervisor,
+    agent_spec,
     beat_spec,
     embedded_redis_spec,
     port_is_free,
@@ -31,6 +32,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--worker-concurrency", type=int, default=settings.ANVIL_WORKER_CONCURRENCY)
         parser.add_argument("--no-beat", action="store_true", help="Do not start Celery beat.")
+        parser.add_argument("--host-agent", default=settings.ANVIL_HOST_NAME, metavar="NAME",
+                            help="Also run this machine's host agent (manage.py runhost NAME) for the serves whose "
+                            "host is NAME (default: ANVIL_HOST_NAME; none when empty).")
         parser.add_argument("--no-hrm", action="store_true",
                             help="Do not start the in-worker HRM engine (also: ANVIL_HRM_CHECKPOINT=off).")
 
@@ -54,6 +58,8 @@ class Command(BaseCommand):
             supervisor.start(web_spec(settings.ANVIL_WEB_SERVER, bind.host, bind.port, f"{bind.url}/readyz",
                                       behind_proxy=settings.ANVIL_BEHIND_TLS_PROXY))
             supervisor.start(worker_spec(options["worker_concurrency"]))
+            if options["host_agent"]:
+                supervisor.start(agent_spec(options["host_agent"]))
             if not options["no_beat"]:
                 supervisor.start(beat_spec(settings.VAR_DIR))
             if hrm_serve is not None:
