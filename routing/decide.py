@@ -21,7 +21,7 @@ from typing import Any
 
 from routing.classifier import Classification, RequestSummary, Rule, classify
 from routing.model_names import NamedModel, replicas_of, resolve
-from routing.policy import Candidate, PolicyConfig, PolicyInput, route, tier_rank
+from routing.policy import HOST_SILENT, SILENT_REASON, Candidate, PolicyConfig, PolicyInput, route, tier_rank
 from routing.profile import Profile
 from serves.catalog import ServeView
 
@@ -190,7 +190,7 @@ def _decide_named(named: NamedModel, able: tuple[ServeView, ...], summary: Reque
         notes.append(f"model {named.model} may fall back to {', '.join(s.name for s in named.fallbacks)}")
     not_loaded = not_loaded_error = ""
     if not candidates:
-        waiting = [s for s in named.replicas if not s.loaded and not s.on_demand]
+        waiting = [s for s in named.replicas if not s.loaded and (not s.on_demand or s.load_error == HOST_SILENT)]
         waiting.sort(key=lambda s: s.model_state != "loading")  # "loading" says when to retry
         if waiting and not result.too_large and not result.modality_unsupported and not result.denied:
             not_loaded, not_loaded_error = waiting[0].model_state, waiting[0].load_error
@@ -219,7 +219,10 @@ def decide_for_path(model: str | None, serves: tuple[ServeView, ...], why_not: C
     candidates, excluded, unloaded = [], [], []
     for serve in sorted(pool, key=lambda s: (not s.loaded, tier_rank(s.tier, config), s.name)):
         reason = why_not(serve)
-        if reason is None and not serve.loaded and not serve.on_demand:  # on demand: a request loads it
+        if reason is None and serve.load_error == HOST_SILENT:
+            reason = SILENT_REASON
+            unloaded.append(serve)
+        elif reason is None and not serve.loaded and not serve.on_demand:  # on demand: a request loads it
             reason = f"not loaded ({serve.model_state})"
             unloaded.append(serve)
         if reason is None:

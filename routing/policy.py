@@ -68,6 +68,10 @@ def _takes_no_images(serve: ServeView) -> str:
     return f"images: the serve takes {', '.join(serve.modalities) or 'nothing'} only, not images"
 
 
+HOST_SILENT = "host_silent"  # serves.catalog marks a serve so when its host agent stops beating (serves/hosts.py)
+SILENT_REASON = "host_silent: its host agent stopped beating"
+
+
 def route(serves: tuple[ServeView, ...], profile: Profile, request: PolicyInput, config: PolicyConfig) -> Route:
     if request.needs_images and serves and not any(serve.takes_images for serve in serves):
         # No candidate could take it whatever the profile says: a client error, said before any upstream call.
@@ -83,6 +87,9 @@ def route(serves: tuple[ServeView, ...], profile: Profile, request: PolicyInput,
             excluded.append((serve.name, f"context: needs ~{needed} tokens, limit {limit}"))
             continue
         fits_context += 1
+        if serve.load_error == HOST_SILENT:  # nothing drives it: not even a load on demand would come
+            excluded.append((serve.name, SILENT_REASON))
+            continue
         if not serve.loaded and not serve.on_demand:  # traffic goes only to a loaded serve (serves/loading.py)
             excluded.append((serve.name, f"not loaded ({serve.model_state})"))
             continue

@@ -73,6 +73,15 @@ def test_a_serve_loaded_on_demand_is_a_candidate_after_every_resident_one() -> N
     assert dict(result.excluded) == {"fast-off": "not loaded (unloaded)"}
 
 
+def test_a_serve_whose_host_is_silent_is_excluded_saying_so_even_when_loaded_on_demand() -> None:
+    silent = replace(serve("on-b", model_state="unknown"), on_demand=True, load_error="host_silent", host="b")
+    serves = (silent, serve("on-c"))
+    profile = Profile(tiers={("fast", "chat"): Cell("allow")})
+    result = route(serves, profile, PolicyInput("chat"), CONFIG)
+    assert [c.serve.name for c in result.candidates] == ["on-c"]
+    assert dict(result.excluded) == {"on-b": "host_silent: its host agent stopped beating"}
+
+
 def test_a_stale_allow_acts_as_allow_with_verify() -> None:
     profile = Profile(serves={("fast-1", "chat"): Cell("allow", fingerprint="old")})
     result = route((serve("fast-1"),), profile, PolicyInput("chat"), CONFIG)
