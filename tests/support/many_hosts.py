@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import httpx
 import yaml
@@ -72,7 +73,7 @@ class HostsStack:
     webs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     others: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    log_files: list[object] = field(default_factory=list)
+    log_files: list[IO[bytes]] = field(default_factory=list)
 
     @property
     def nginx(self) -> str:
@@ -160,7 +161,7 @@ class HostsStack:
         for process in [*self.webs.values(), *self.agents.values(), *self.others]:
             stop_group(process, timeout=10)
         for log in self.log_files:
-            log.close()  # type: ignore[attr-defined]
+            log.close()
 
 
 def _now_minus(seconds: float) -> object:
