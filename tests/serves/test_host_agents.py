@@ -39,9 +39,13 @@ BEAT = "0.3"
 @contextmanager
 def agent(log_dir: Path, name: str) -> Iterator[None]:
     argv = [sys.executable, str(ROOT / "manage.py"), "runhost", name, "--gpu", "0=24576"]
-    with running(argv, child_env(ANVIL_HOST_HEARTBEAT=BEAT), log_dir / f"runhost-{name}.log") as process:
+    log = log_dir / f"runhost-{name}.log"
+    with running(argv, child_env(ANVIL_HOST_HEARTBEAT=BEAT), log) as process:
+        # Beating, and consuming (its log says ready): the row is written before the worker starts, and one
+        # CI run lost a load published in that gap (the agent never received it; the cause is not found).
         wait_for(lambda: process.poll() is None and Host.objects.filter(name=name, last_heartbeat__isnull=False)
-                 .exists(), 60, f"host {name} to beat")
+                 .exists() and f"{name}@" in log.read_text() and " ready." in log.read_text(), 60,
+                 f"host {name} to beat and consume")
         yield
 
 
