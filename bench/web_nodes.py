@@ -32,43 +32,14 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from relay import wait_http  # noqa: E402  (bench/: the same readiness wait)
+
+from tests.support.nginx import nginx_conf  # noqa: E402
 from tests.support.processes import free_port, running  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "Say something."}]
-
-
-def wait_http(url: str, timeout: float, process: subprocess.Popen[bytes], log: Path) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url} died: {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} not ready after {timeout} s: {log.read_text()[-3000:]}")
-
-
-def nginx_conf(work: Path, name: str, listen: int, webs: list[int]) -> Path:
-    """compose/nginx.conf as shipped, its upstream block listing ``webs``."""
-    site = (ROOT / "compose" / "nginx.conf").read_text()
-    servers = "\n".join(f"    server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;" for port in webs)
-    lines = [line for line in site.splitlines() if not line.strip().startswith("server web")]
-    site = "\n".join(lines).replace("    least_conn;", "    least_conn;\n" + servers)
-    site = site.replace("listen 80;", f"listen 127.0.0.1:{listen};")
-    root = work / name
-    root.mkdir()
-    temp = "\n".join(f"    {kind}_temp_path {root}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi",
-                                                                         "scgi"))
-    conf = root / "nginx.conf"
-    conf.write_text(f"user root;\nworker_processes 1;\npid {root}/nginx.pid;\nerror_log {root}/error.log warn;\n"
-                    f"events {{ worker_connections 4096; }}\nhttp {{\n    access_log off;\n{temp}\n{site}\n}}\n")
-    return conf
 
 
 async def sustained(url: str, headers: dict[str, str], model: str, seconds: float, concurrency: int) -> tuple[
@@ -145,7 +116,8 @@ def main() -> None:
             fronts = {}
             for name, listed in (("1 web node", webs[:1]), ("2 web nodes", webs)):
                 port = free_port()
-                conf = nginx_conf(work, name.replace(" ", "-"), port, listed)
+                slug = name.replace(" ", "-")  # nginx reads a space in a path as the next argument
+                conf = nginx_conf(work / slug, port, listed, work / f"{slug}-error.log")
                 front = stack.enter_context(running([nginx, "-c", str(conf), "-g", "daemon off;"], env,
                                                     work / f"{name}.log"))
                 wait_http(f"http://127.0.0.1:{port}/readyz", 30, front, work / f"{name}.log")

@@ -32,6 +32,7 @@ from django.db import connections
 
 from anvil_site.environment import _parse_database_url
 from tests.support.netns import NETWORK, Namespace, namespaces
+from tests.support.nginx import nginx_conf
 from tests.support.otlp import Collector, collector
 from tests.support.private_postgres import private_postgres
 from tests.support.processes import ROOT, free_port, stop_group
@@ -172,23 +173,6 @@ def _now_minus(seconds: float) -> object:
     return timezone.now() - timedelta(seconds=seconds)
 
 
-def _nginx_conf(stack: HostsStack) -> Path:
-    """``compose/nginx.conf`` as shipped, pointed at this stack's two web processes and port."""
-    site = (ROOT / "compose" / "nginx.conf").read_text()
-    site = site.replace("server web1:8000", f"server 127.0.0.1:{stack.web_ports[0]}")
-    site = site.replace("server web2:8000", f"server 127.0.0.1:{stack.web_ports[1]}")
-    site = site.replace("listen 80;", f"listen 127.0.0.1:{stack.nginx_port};")
-    assert f"127.0.0.1:{stack.web_ports[1]}" in site and f"{stack.nginx_port};" in site, "compose/nginx.conf changed"
-    root = stack.work / "nginx"
-    root.mkdir()
-    temp = "\n".join(f"    {kind}_temp_path {root}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi",
-                                                                         "scgi"))
-    conf = root / "nginx.conf"
-    conf.write_text(f"user root;\nworker_processes 1;\npid {root}/nginx.pid;\nerror_log {stack.logs}/nginx.log warn;\n"
-                    f"events {{ worker_connections 1024; }}\nhttp {{\n    access_log off;\n{temp}\n{site}\n}}\n")
-    return conf
-
-
 def _prometheus_conf(stack: HostsStack) -> Path:
     """``compose/prometheus.yml`` as shipped, its targets pointed at this stack's nodes, scraping every second."""
     conf = yaml.safe_load((ROOT / "compose" / "prometheus.yml").read_text())
@@ -236,7 +220,7 @@ def hosts_stack(logs: Path) -> Iterator[HostsStack]:
         stack.others.append(stack.spawn("beat", [
             sys.executable, "-m", "celery", "-A", "anvil_site", "beat", "--loglevel", "INFO", "--pidfile", "",
             "--schedule", str(work / "celerybeat-schedule")], stack.env()))
-        nginx = _nginx_conf(stack)
+        nginx = nginx_conf(work / "nginx", stack.nginx_port, stack.web_ports, logs / "nginx.log")
         subprocess.run([_binary("nginx"), "-t", "-c", str(nginx)], check=True, capture_output=True, timeout=30)
         stack.others.append(stack.spawn("nginx-master", [_binary("nginx"), "-c", str(nginx), "-g", "daemon off;"],
                                         stack.env()))
